@@ -1,0 +1,508 @@
+//! Warden's configuration file.
+//!
+//! One TOML file describes the listener, the trusted SPIFFE trust domains,
+//! the upstream MCP servers, the policy directory, the store, timeouts and
+//! size limits. Unknown keys are rejected so that a typo never silently
+//! turns a setting off. [`Config::load`] parses a file and [`Config::check`]
+//! returns every problem found, each naming the key, its value and the fix.
+//! Without a file, [`Config::default`] gives the documented embedded
+//! defaults.
+
+mod check;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use check::Problem;
+
+/// Default listener address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Default audience that JWT-SVIDs must carry in `aud`.
+pub const DEFAULT_AUDIENCE: &str = "warden";
+/// Trust domain of the built-in development issuer.
+pub const DEFAULT_DEV_TRUST_DOMAIN: &str = "warden.local";
+
+/// Error returned when a configuration file cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for Warden's configuration.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// Path of the file.
+        path: PathBuf,
+        /// What the parser reported, with line and column.
+        message: String,
+    },
+    /// The file parsed but some values are invalid.
+    #[error("invalid config file {path}:\n{}", format_problems(problems))]
+    Invalid {
+        /// Path of the file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("  - {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Workload identity settings.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Trusted SPIFFE trust domains, each with its bundle.
+    #[serde(default, rename = "trust_domain")]
+    pub trust_domains: Vec<TrustDomainConfig>,
+    /// Task token settings.
+    #[serde(default)]
+    pub tasks: TasksConfig,
+    /// Policy settings.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Durable store settings.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Size limits and timeouts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Upstream MCP servers by name. The name prefixes the server's tools
+    /// as `{name}__{tool}` and selects it in `/mcp/{name}`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Directory for keys and the default SQLite database. Defaults to
+    /// `$WARDEN_DATA_DIR`, then `$XDG_DATA_HOME/warden`, then
+    /// `~/.local/share/warden`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8787`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Values accepted in the `Host` header. Empty means the listener's
+    /// own address plus `localhost:PORT` for a loopback listener.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Values accepted in the `Origin` header, e.g. `http://localhost:3000`.
+    /// A request without `Origin` (a non-browser client) is accepted.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Workload identity settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Audience that JWT-SVIDs must contain in `aud`.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Clock leeway for `exp` and `nbf`, in seconds (0 to 60).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Whether the built-in development issuer is trusted. Use it only where
+    /// no SPIRE server exists.
+    #[serde(default = "default_true")]
+    pub dev_issuer: bool,
+    /// Trust domain of the development issuer.
+    #[serde(default = "default_dev_trust_domain")]
+    pub dev_trust_domain: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            audience: default_audience(),
+            leeway_seconds: default_leeway(),
+            dev_issuer: true,
+            dev_trust_domain: default_dev_trust_domain(),
+        }
+    }
+}
+
+/// One trusted SPIFFE trust domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    /// Trust domain name, e.g. `acme.test`.
+    pub name: String,
+    /// Path of its SPIFFE bundle (a JWK set) in JSON.
+    pub bundle: PathBuf,
+}
+
+/// Task token settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Lifetime of a task token when the request names none, in seconds.
+    #[serde(default = "default_task_ttl")]
+    pub default_ttl_seconds: u64,
+    /// Upper bound on a task token's lifetime, in seconds.
+    #[serde(default = "default_max_task_ttl")]
+    pub max_ttl_seconds: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            default_ttl_seconds: default_task_ttl(),
+            max_ttl_seconds: default_max_task_ttl(),
+        }
+    }
+}
+
+/// Policy settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `.cedar` files. Without it Warden uses its bundled pack.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Environment name passed to policies as `context.environment`.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: None,
+            environment: default_environment(),
+        }
+    }
+}
+
+/// Durable store settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file. Defaults to `warden.db` in the data directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// Size limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted from an agent, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest message accepted from an upstream (one stdio line, one HTTP
+    /// body or one SSE event), in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_upstream_message_bytes: usize,
+    /// Time an upstream has to answer one request, in seconds.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_seconds: u64,
+    /// Time an upstream has to start and answer `initialize`, in seconds.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: default_max_body(),
+            max_upstream_message_bytes: default_max_body(),
+            call_timeout_seconds: default_call_timeout(),
+            start_timeout_seconds: default_start_timeout(),
+        }
+    }
+}
+
+/// One upstream MCP server: either a stdio `command` that Warden spawns and
+/// supervises, or a Streamable HTTP `url`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Program to spawn for a stdio server.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Arguments of `command`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables for `command`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of `command`.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Streamable HTTP endpoint of a remote server, e.g.
+    /// `http://127.0.0.1:3001/mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Per-request timeout for this server, in seconds; overrides
+    /// `limits.call_timeout_seconds`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Operator metadata per tool, keyed by the server's own tool name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolConfig>,
+}
+
+/// Operator metadata for one tool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// Classes such as `read`, `write`, `delete`, `external-send`.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Top-level argument names that hold file paths. Without it, Warden
+    /// treats arguments with common path names (`path`, `source`, ...) so.
+    #[serde(default)]
+    pub path_arguments: Option<Vec<String>>,
+}
+
+/// How Warden reaches an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport<'a> {
+    /// A child process speaking newline-delimited JSON-RPC on stdio.
+    Stdio {
+        /// Program to run.
+        command: &'a str,
+        /// Its arguments.
+        args: &'a [String],
+    },
+    /// A Streamable HTTP endpoint.
+    Http {
+        /// Endpoint URL.
+        url: &'a str,
+    },
+}
+
+impl UpstreamConfig {
+    /// Returns the transport, or `None` when neither or both of `command`
+    /// and `url` are set (reported by [`Config::check`]).
+    pub fn transport(&self) -> Option<Transport<'_>> {
+        match (&self.command, &self.url) {
+            (Some(command), None) => Some(Transport::Stdio {
+                command,
+                args: &self.args,
+            }),
+            (None, Some(url)) => Some(Transport::Http { url }),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        let problems = config.check();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text without checking values.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// Returns every problem with the configured values, empty when valid.
+    pub fn check(&self) -> Vec<Problem> {
+        check::check(self)
+    }
+
+    /// Parsed listener address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.server.listen.parse().map_err(|_| {
+            format!(
+                "server.listen = {:?} is not an address; write it as IP:PORT, e.g. \"127.0.0.1:8787\"",
+                self.server.listen
+            )
+        })
+    }
+
+    /// The data directory for keys and the default database.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        default_data_dir()
+    }
+
+    /// The SQLite database path.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("warden.db"))
+    }
+
+    /// Makes relative paths in the file relative to the file's directory, so
+    /// a config works from any working directory.
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        for domain in &mut self.trust_domains {
+            resolve(&mut domain.bundle);
+        }
+        if let Some(dir) = &mut self.policy.dir {
+            resolve(dir);
+        }
+        if let Some(path) = &mut self.store.path {
+            resolve(path);
+        }
+        if let Some(dir) = &mut self.data_dir {
+            resolve(dir);
+        }
+        for upstream in self.upstreams.values_mut() {
+            if let Some(cwd) = &mut upstream.cwd {
+                resolve(cwd);
+            }
+        }
+    }
+}
+
+/// Returns the default data directory (see [`Config::data_dir`]).
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WARDEN_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("warden");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/share/warden");
+    }
+    PathBuf::from(".warden")
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
+}
+
+fn default_audience() -> String {
+    DEFAULT_AUDIENCE.to_owned()
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_dev_trust_domain() -> String {
+    DEFAULT_DEV_TRUST_DOMAIN.to_owned()
+}
+
+fn default_task_ttl() -> u64 {
+    300
+}
+
+fn default_max_task_ttl() -> u64 {
+    900
+}
+
+fn default_environment() -> String {
+    "development".to_owned()
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_call_timeout() -> u64 {
+    30
+}
+
+fn default_start_timeout() -> u64 {
+    20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_unknown_key() {
+        let error = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 2\n")
+            .expect_err("unknown key");
+        assert!(error.contains("unknown field `listn`"), "{error}");
+    }
+
+    #[test]
+    fn parse_accepts_empty_file() {
+        let config = Config::parse("").expect("empty config");
+        assert_eq!(config.server.listen, DEFAULT_LISTEN);
+        assert_eq!(config.identity.audience, DEFAULT_AUDIENCE);
+    }
+
+    #[test]
+    fn load_resolves_relative_paths() {
+        let dir = std::env::temp_dir().join(format!("warden-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
+        let file = dir.join("warden.toml");
+        std::fs::write(&file, "[policy]\ndir = \"policies\"\n").expect("write");
+        let config = Config::load(&file).expect("load");
+        assert_eq!(config.policy.dir, Some(dir.join("policies")));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn transport_requires_exactly_one_of_command_and_url() {
+        let both = UpstreamConfig {
+            command: Some("x".into()),
+            url: Some("http://127.0.0.1:1/mcp".into()),
+            ..UpstreamConfig::default()
+        };
+        assert!(both.transport().is_none());
+        let neither = UpstreamConfig::default();
+        assert!(neither.transport().is_none());
+    }
+}

@@ -1,0 +1,106 @@
+//! Lexical normalisation of file paths.
+//!
+//! Policies compare paths by whole components: `/srv/data_private` is not
+//! inside `/srv/data`. Normalisation removes empty and `.` components and
+//! resolves `..` against the preceding component, without touching the file
+//! system. A `..` that would climb above the root stays at the root.
+//!
+//! NOTE: symbolic links are not resolved here because the files live on
+//! the upstream's machine. An upstream that follows a link out of an
+//! allowed directory must check the resolved path itself, as the reference
+//! filesystem server does.
+
+/// Returns the normalised form of `path`.
+///
+/// Absolute paths stay absolute. A relative path is normalised on its own
+/// and stays relative, so it never lies inside an absolute directory.
+/// Backslashes are treated as separators, since an upstream on Windows
+/// would treat them so.
+pub fn normalize(path: &str) -> String {
+    let absolute = path.starts_with('/') || path.starts_with('\\');
+    let mut parts: Vec<&str> = Vec::new();
+    for component in path.split(['/', '\\']) {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else if joined.is_empty() {
+        ".".to_owned()
+    } else {
+        joined
+    }
+}
+
+/// Returns the proper ancestors of an already normalised absolute path,
+/// nearest first: `/a/b/c` gives `/a/b`, `/a`, `/`. A relative path has
+/// no ancestors.
+pub fn ancestors(normalized: &str) -> Vec<String> {
+    if !normalized.starts_with('/') || normalized == "/" {
+        return Vec::new();
+    }
+    let mut result = Vec::new();
+    let mut current = normalized;
+    while let Some(index) = current.rfind('/') {
+        current = &current[..index];
+        if current.is_empty() {
+            result.push("/".to_owned());
+            break;
+        }
+        result.push(current.to_owned());
+    }
+    result
+}
+
+/// Returns true when `path` equals `directory` or lies below it, comparing
+/// whole components after normalising both.
+pub fn is_within(path: &str, directory: &str) -> bool {
+    let path = normalize(path);
+    let directory = normalize(directory);
+    path == directory || ancestors(&path).contains(&directory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_and_slashes() {
+        assert_eq!(normalize("/srv//data/./a/../b"), "/srv/data/b");
+        assert_eq!(normalize("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(normalize("/srv/data/"), "/srv/data");
+        assert_eq!(normalize("\\srv\\data\\..\\x"), "/srv/x");
+    }
+
+    #[test]
+    fn normalize_keeps_relative_paths_relative() {
+        assert_eq!(normalize("a/../../b"), "../b");
+        assert_eq!(normalize("./"), ".");
+    }
+
+    #[test]
+    fn ancestors_lists_each_component() {
+        assert_eq!(ancestors("/a/b/c"), vec!["/a/b", "/a", "/"]);
+        assert!(ancestors("/").is_empty());
+        assert!(ancestors("rel/x").is_empty());
+    }
+
+    #[test]
+    fn is_within_compares_whole_components() {
+        assert!(is_within("/srv/data/a.txt", "/srv/data"));
+        assert!(is_within("/srv/data", "/srv/data/"));
+        assert!(!is_within("/srv/data_private/key.pem", "/srv/data"));
+        assert!(!is_within("/srv/data/../data_private/key.pem", "/srv/data"));
+        assert!(!is_within("srv/data/a", "/srv/data"));
+    }
+}

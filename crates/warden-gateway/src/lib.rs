@@ -1,0 +1,29 @@
+//! Warden's HTTP gateway.
+//!
+//! Agents start tasks at `/v1/tasks` with their JWT-SVID and reach their
+//! tools through the MCP endpoint at `/mcp` with the task token. Every
+//! `tools/call`, `resources/read` and `prompts/get` is decided by the
+//! policy engine before the upstream sees it, and every decision and
+//! outcome is appended to the task's trace in the store.
+//!
+//! - [`server`]: building, routing, reload and shutdown.
+//! - [`tasks`]: the task endpoints.
+//! - [`mcp`]: the agent-facing MCP endpoint.
+//! - [`upstream`]: Warden as MCP client of the upstream servers.
+//! - [`audit`]: trace records of each step.
+
+pub mod audit;
+pub mod auth;
+pub mod guard;
+pub mod mcp;
+pub mod metrics;
+pub mod policy_source;
+pub mod scope;
+pub mod server;
+pub mod sse;
+pub mod state;
+pub mod tasks;
+pub mod upstream;
+
+pub use policy_source::PolicySource;
+pub use server::{Gateway, GatewayOptions, reload_policies};

@@ -1,0 +1,640 @@
+//! MCP methods as Warden serves them.
+//!
+//! Listing methods gather from the upstreams in reach of the endpoint and
+//! show only what the task may use. `tools/call`, `resources/read` and
+//! `prompts/get` are decided by policy before the upstream sees them; a
+//! refused call gets a `CallToolResult` with `isError: true`, a sentence the
+//! model can act on, and the decision under [`DECISION_META_KEY`] in
+//! `_meta`. Methods Warden does not know are rejected, not forwarded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use warden_core::Decision;
+use warden_identity::TaskClaims;
+use warden_policy::{Outcome as PolicyOutcome, Step, StepRequest, TaskContext};
+
+use super::{DECISION_META_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, RpcError, code};
+use crate::audit;
+use crate::scope;
+use crate::state::AppState;
+use crate::upstream::Upstream;
+
+/// Everything a method handler needs.
+pub struct Context<'a> {
+    /// Shared gateway state.
+    pub state: &'a Arc<AppState>,
+    /// Claims of the caller's task token.
+    pub claims: &'a TaskClaims,
+    /// Server of `/mcp/{server}`, or `None` for `/mcp`.
+    pub server: Option<&'a str>,
+    /// The agent's JSON-RPC request id.
+    pub request_id: &'a Value,
+}
+
+/// What a method produced.
+pub enum Outcome {
+    /// A result.
+    Result(Value),
+    /// A JSON-RPC error.
+    Error(RpcError),
+    /// The result of `initialize` and the new session's id.
+    Initialized { result: Value, session: String },
+}
+
+impl From<Result<Value, RpcError>> for Outcome {
+    fn from(result: Result<Value, RpcError>) -> Outcome {
+        match result {
+            Ok(value) => Outcome::Result(value),
+            Err(error) => Outcome::Error(error),
+        }
+    }
+}
+
+const ENVELOPE_PREFIX: &str = "io.modelcontextprotocol/";
+
+/// Runs one request.
+pub async fn dispatch(context: &Context<'_>, method: &str, params: Option<&Value>) -> Outcome {
+    let empty = Value::Object(Map::new());
+    let params = params.unwrap_or(&empty);
+    match method {
+        "initialize" => initialize(context, params),
+        "server/discover" => Outcome::Result(discover(context)),
+        "ping" => Outcome::Result(json!({})),
+        "tools/list" => tools_list(context).into(),
+        "tools/call" => tools_call(context, params).await.into(),
+        "resources/list" => gather(context, |c| &c.resources, "resources", None).into(),
+        "resources/templates/list" => {
+            gather(context, |c| &c.resource_templates, "resourceTemplates", None).into()
+        }
+        "prompts/list" => gather(context, |c| &c.prompts, "prompts", Some("name")).into(),
+        "resources/read" => resources_read(context, params).await.into(),
+        "prompts/get" => prompts_get(context, params).await.into(),
+        "completion/complete" | "logging/setLevel" | "resources/subscribe"
+        | "resources/unsubscribe" => forward_plain(context, method, params).await.into(),
+        other => Outcome::Error(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("method {other:?} is not supported by Warden"),
+        )),
+    }
+}
+
+/// Returns the serverInfo this endpoint presents.
+pub fn server_info(context: &Context<'_>) -> Value {
+    if let Some(upstream) = context.server.and_then(|s| context.state.upstreams.get(s)) {
+        let info = &upstream.catalog().initialize["serverInfo"];
+        if info.is_object() {
+            return info.clone();
+        }
+    }
+    json!({ "name": "warden", "title": "Warden", "version": env!("CARGO_PKG_VERSION") })
+}
+
+fn capabilities(context: &Context<'_>) -> Value {
+    let upstreams = reachable(context);
+    let mut capabilities = Map::new();
+    let offered = |name: &str| {
+        upstreams
+            .iter()
+            .any(|u| u.catalog().capabilities().get(name).is_some_and(Value::is_object))
+    };
+    // NOTE: listChanged and subscribe are not advertised because Warden
+    // does not relay server-initiated notifications to agents.
+    capabilities.insert("tools".into(), json!({}));
+    for name in ["resources", "prompts"] {
+        if offered(name) {
+            capabilities.insert(name.into(), json!({}));
+        }
+    }
+    if context.server.is_some() {
+        for name in ["logging", "completions"] {
+            if offered(name) {
+                capabilities.insert(name.into(), json!({}));
+            }
+        }
+    }
+    Value::Object(capabilities)
+}
+
+fn instructions(context: &Context<'_>) -> Option<Value> {
+    match context.server.and_then(|s| context.state.upstreams.get(s)) {
+        Some(upstream) => upstream.catalog().initialize.get("instructions").cloned(),
+        None => Some(Value::String(
+            "Tools of every upstream server are named {server}__{tool}. Warden decides each call by policy; a refused call returns isError with the reason.".into(),
+        )),
+    }
+}
+
+fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
+    let requested = params.get("protocolVersion").and_then(Value::as_str);
+    let version = match requested {
+        Some(v) if HANDSHAKE_VERSIONS.contains(&v) => v,
+        _ => HANDSHAKE_VERSIONS[HANDSHAKE_VERSIONS.len() - 1],
+    };
+    let Some(session) = context
+        .state
+        .sessions
+        .create(&context.claims.task_id, context.server, version)
+    else {
+        return Outcome::Error(RpcError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "task {} already has {} open sessions; close one with DELETE /mcp",
+                context.claims.task_id,
+                super::session::MAX_SESSIONS_PER_TASK
+            ),
+        ));
+    };
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(context),
+        "serverInfo": server_info(context),
+    });
+    if let Some(instructions) = instructions(context) {
+        result["instructions"] = instructions;
+    }
+    tracing::debug!(task.id = %context.claims.task_id, session = %session.id, version, "MCP session opened");
+    Outcome::Initialized {
+        result,
+        session: session.id.clone(),
+    }
+}
+
+fn discover(context: &Context<'_>) -> Value {
+    let mut result = json!({
+        "supportedVersions": MODERN_VERSIONS,
+        "capabilities": capabilities(context),
+    });
+    if let Some(instructions) = instructions(context) {
+        result["instructions"] = instructions;
+    }
+    result
+}
+
+fn reachable(context: &Context<'_>) -> Vec<Arc<Upstream>> {
+    match context.server {
+        Some(server) => context.state.upstreams.get(server).cloned().into_iter().collect(),
+        None => context.state.upstreams.values().cloned().collect(),
+    }
+}
+
+fn task_context(claims: &TaskClaims) -> TaskContext {
+    TaskContext {
+        task_id: claims.task_id.clone(),
+        agent: claims.sub.clone(),
+        trust_domain: claims
+            .sub
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned(),
+        user: claims.user.clone(),
+        intent: claims.intent.clone(),
+        tools: claims.tools.clone(),
+    }
+}
+
+/// The name an endpoint shows for an upstream item.
+fn public_name(context: &Context<'_>, server: &str, name: &str) -> String {
+    match context.server {
+        Some(_) => name.to_owned(),
+        None => format!("{server}__{name}"),
+    }
+}
+
+/// Resolves a public name to its upstream and the upstream's own name.
+fn resolve(context: &Context<'_>, name: &str) -> Option<(Arc<Upstream>, String)> {
+    match context.server {
+        Some(server) => {
+            let upstream = context.state.upstreams.get(server)?.clone();
+            Some((upstream, name.to_owned()))
+        }
+        None => {
+            let (server, rest) = name.split_once("__")?;
+            let upstream = context.state.upstreams.get(server)?.clone();
+            Some((upstream, rest.to_owned()))
+        }
+    }
+}
+
+fn tools_list(context: &Context<'_>) -> Result<Value, RpcError> {
+    let engine = context.state.engine();
+    let task = task_context(context.claims);
+    let mut tools = Vec::new();
+    for upstream in reachable(context) {
+        for tool in &upstream.catalog().tools {
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let qualified = format!("{}__{name}", upstream.name());
+            if !scope::allows(&context.claims.tools, &qualified) {
+                continue;
+            }
+            let outcome = engine.decide(&StepRequest {
+                task: &task,
+                step: Step::ListTool { tool: &qualified },
+            });
+            if outcome.decision == Decision::Deny {
+                continue;
+            }
+            let mut shown = tool.clone();
+            shown["name"] = Value::String(public_name(context, upstream.name(), name));
+            tools.push(shown);
+        }
+    }
+    Ok(json!({ "tools": tools }))
+}
+
+fn gather(
+    context: &Context<'_>,
+    items: impl Fn(&crate::upstream::Catalog) -> &Vec<Value>,
+    field: &str,
+    rename: Option<&str>,
+) -> Result<Value, RpcError> {
+    let mut out = Vec::new();
+    for upstream in reachable(context) {
+        let catalog = upstream.catalog();
+        for item in items(&catalog) {
+            let mut shown = item.clone();
+            if let Some(key) = rename
+                && let Some(name) = item.get(key).and_then(Value::as_str)
+            {
+                shown[key] = Value::String(public_name(context, upstream.name(), name));
+            }
+            out.push(shown);
+        }
+    }
+    Ok(json!({ field: out }))
+}
+
+async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return Err(RpcError::new(code::INVALID_PARAMS, "tools/call needs params.name, the tool's name"));
+    };
+    let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
+    if !(arguments.is_object() || arguments.is_null()) {
+        return Err(RpcError::new(code::INVALID_PARAMS, "params.arguments must be an object"));
+    }
+    let Some((upstream, tool)) = resolve(context, name).filter(|(u, t)| u.has_tool(t)) else {
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("unknown tool {name:?}; call tools/list for the tools this task may use"),
+        ));
+    };
+    let qualified = format!("{}__{tool}", upstream.name());
+    let claims = context.claims;
+    let state = context.state;
+
+    let outcome = if scope::allows(&claims.tools, &qualified) {
+        state.engine().decide(&StepRequest {
+            task: &task_context(claims),
+            step: Step::CallTool {
+                tool: &qualified,
+                arguments: &arguments,
+            },
+        })
+    } else {
+        PolicyOutcome {
+            decision: Decision::Deny,
+            policy_ids: vec!["warden:task-scope".into()],
+            reason: format!(
+                "{qualified} is outside this task's tool scope ({}); start a task whose tools include it",
+                claims.tools.join(", ")
+            ),
+            errors: Vec::new(),
+            arguments: None,
+        }
+    };
+    state.metrics.count_decision(outcome.decision);
+    let decided_arguments = outcome.arguments.clone().unwrap_or_else(|| arguments.clone());
+    let span = audit::record(
+        state,
+        claims,
+        audit::Step {
+            kind: "tool.decision",
+            target: Some(&qualified),
+            decision: Some(outcome.decision),
+            policy_ids: &outcome.policy_ids,
+            reason: Some(&outcome.reason),
+            detail: json!({
+                "arguments": decided_arguments,
+                "arguments_sha256": warden_core::json::canonical_hash(&decided_arguments),
+                "errors": outcome.errors,
+                "request_id": context.request_id,
+            }),
+            span_id: None,
+            parent_span_id: None,
+        },
+    );
+    tracing::info!(
+        task.id = %claims.task_id,
+        agent.id = %claims.sub,
+        tool.name = %qualified,
+        decision = %outcome.decision,
+        policies = ?outcome.policy_ids,
+        "tool call decided"
+    );
+    if outcome.decision != Decision::Allow {
+        return Ok(refusal(claims, &qualified, &outcome, None));
+    }
+
+    let mut forwarded = Map::new();
+    forwarded.insert("name".into(), Value::String(tool));
+    if !decided_arguments.is_null() {
+        forwarded.insert("arguments".into(), decided_arguments);
+    }
+    if let Some(meta) = forwardable_meta(params) {
+        forwarded.insert("_meta".into(), meta);
+    }
+    let started = Instant::now();
+    let result = upstream.request("tools/call", Some(Value::Object(forwarded))).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (detail, reply) = match result {
+        Ok(Ok(result)) => (
+            json!({
+                "outcome": "result",
+                "is_error": result.get("isError").and_then(Value::as_bool).unwrap_or(false),
+                "duration_ms": elapsed_ms,
+            }),
+            Ok(result),
+        ),
+        Ok(Err(error)) => (
+            json!({ "outcome": "error", "error": error.error, "duration_ms": elapsed_ms }),
+            Err(upstream_rpc_error(error.error)),
+        ),
+        Err(error) => {
+            state.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(task.id = %claims.task_id, tool.name = %qualified, %error, "upstream call failed");
+            (
+                json!({ "outcome": "failure", "error": error.to_string(), "duration_ms": elapsed_ms }),
+                Err(RpcError::new(code::INTERNAL_ERROR, format!("{error}; retry the call"))),
+            )
+        }
+    };
+    audit::record(
+        state,
+        claims,
+        audit::Step {
+            kind: "tool.result",
+            target: Some(&qualified),
+            decision: None,
+            policy_ids: &[],
+            reason: None,
+            detail,
+            span_id: None,
+            parent_span_id: Some(span),
+        },
+    );
+    reply
+}
+
+async fn resources_read(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
+    let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+        return Err(RpcError::new(code::INVALID_PARAMS, "resources/read needs params.uri"));
+    };
+    let Some(upstream) = resource_owner(context, uri) else {
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("unknown resource {uri:?}; call resources/list, or read it through /mcp/{{server}}"),
+        ));
+    };
+    let outcome = context.state.engine().decide(&StepRequest {
+        task: &task_context(context.claims),
+        step: Step::ReadResource {
+            server: upstream.name(),
+            uri,
+        },
+    });
+    decide_and_forward(context, &upstream, "resources/read", "resource", uri, params.clone(), outcome).await
+}
+
+async fn prompts_get(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return Err(RpcError::new(code::INVALID_PARAMS, "prompts/get needs params.name"));
+    };
+    let known = |u: &Arc<Upstream>, p: &str| {
+        u.catalog()
+            .prompts
+            .iter()
+            .any(|item| item.get("name").and_then(Value::as_str) == Some(p))
+    };
+    let Some((upstream, prompt)) = resolve(context, name).filter(|(u, p)| known(u, p)) else {
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("unknown prompt {name:?}; call prompts/list"),
+        ));
+    };
+    let outcome = context.state.engine().decide(&StepRequest {
+        task: &task_context(context.claims),
+        step: Step::GetPrompt {
+            server: upstream.name(),
+            name: &prompt,
+        },
+    });
+    let mut forwarded = params.clone();
+    forwarded["name"] = Value::String(prompt.clone());
+    let target = format!("{}__{prompt}", upstream.name());
+    decide_and_forward(context, &upstream, "prompts/get", "prompt", &target, forwarded, outcome).await
+}
+
+/// Records the decision of a resource read or prompt get and forwards it
+/// when allowed. A refusal here is a JSON-RPC error, since these results
+/// have no `isError` field.
+async fn decide_and_forward(
+    context: &Context<'_>,
+    upstream: &Upstream,
+    method: &str,
+    kind: &str,
+    target: &str,
+    params: Value,
+    outcome: PolicyOutcome,
+) -> Result<Value, RpcError> {
+    let state = context.state;
+    state.metrics.count_decision(outcome.decision);
+    let span = audit::record(
+        state,
+        context.claims,
+        audit::Step {
+            kind: &format!("{kind}.decision"),
+            target: Some(target),
+            decision: Some(outcome.decision),
+            policy_ids: &outcome.policy_ids,
+            reason: Some(&outcome.reason),
+            detail: json!({ "errors": outcome.errors, "request_id": context.request_id }),
+            span_id: None,
+            parent_span_id: None,
+        },
+    );
+    if outcome.decision != Decision::Allow {
+        let mut error = RpcError::new(
+            code::INVALID_REQUEST,
+            format!("Warden refused {method} of {target}: {}", outcome.reason),
+        );
+        error.data = Some(json!({ DECISION_META_KEY: decision_json(context.claims, &outcome, None) }));
+        return Err(error);
+    }
+    let params = strip_envelope(params);
+    let result = upstream.request(method, Some(params)).await;
+    let (detail, reply) = match result {
+        Ok(Ok(result)) => (json!({ "outcome": "result" }), Ok(result)),
+        Ok(Err(error)) => (
+            json!({ "outcome": "error", "error": error.error }),
+            Err(upstream_rpc_error(error.error)),
+        ),
+        Err(error) => {
+            state.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                json!({ "outcome": "failure", "error": error.to_string() }),
+                Err(RpcError::new(code::INTERNAL_ERROR, error.to_string())),
+            )
+        }
+    };
+    audit::record(
+        state,
+        context.claims,
+        audit::Step {
+            kind: &format!("{kind}.result"),
+            target: Some(target),
+            decision: None,
+            policy_ids: &[],
+            reason: None,
+            detail,
+            span_id: None,
+            parent_span_id: Some(span),
+        },
+    );
+    reply
+}
+
+async fn forward_plain(context: &Context<'_>, method: &str, params: &Value) -> Result<Value, RpcError> {
+    let Some(upstream) = context.server.and_then(|s| context.state.upstreams.get(s)) else {
+        if method == "logging/setLevel" {
+            return Ok(json!({}));
+        }
+        return Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("{method} is served on /mcp/{{server}} only, where the server is unambiguous"),
+        ));
+    };
+    match upstream.request(method, Some(strip_envelope(params.clone()))).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(error)) => Err(upstream_rpc_error(error.error)),
+        Err(error) => Err(RpcError::new(code::INTERNAL_ERROR, error.to_string())),
+    }
+}
+
+fn resource_owner(context: &Context<'_>, uri: &str) -> Option<Arc<Upstream>> {
+    let upstreams = reachable(context);
+    if context.server.is_some() {
+        return upstreams.into_iter().next();
+    }
+    let listed = |u: &Arc<Upstream>| {
+        u.catalog()
+            .resources
+            .iter()
+            .any(|r| r.get("uri").and_then(Value::as_str) == Some(uri))
+    };
+    let templated = |u: &Arc<Upstream>| {
+        u.catalog().resource_templates.iter().any(|t| {
+            t.get("uriTemplate")
+                .and_then(Value::as_str)
+                .and_then(|template| template.split('{').next())
+                .is_some_and(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
+        })
+    };
+    upstreams
+        .iter()
+        .find(|u| listed(u))
+        .or_else(|| upstreams.iter().find(|u| templated(u)))
+        .cloned()
+}
+
+/// The `_meta` of a call that is forwarded: the client's own, without the
+/// 2026-07-28 envelope keys that a handshake-era upstream does not expect.
+fn forwardable_meta(params: &Value) -> Option<Value> {
+    let meta = params.get("_meta")?.as_object()?;
+    let kept: Map<String, Value> = meta
+        .iter()
+        .filter(|(key, _)| !key.starts_with(ENVELOPE_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if kept.is_empty() && !meta.is_empty() {
+        return None;
+    }
+    Some(Value::Object(kept))
+}
+
+fn strip_envelope(mut params: Value) -> Value {
+    let meta = forwardable_meta(&params);
+    if let Some(object) = params.as_object_mut() {
+        match meta {
+            Some(meta) => {
+                object.insert("_meta".into(), meta);
+            }
+            None => {
+                object.remove("_meta");
+            }
+        }
+    }
+    params
+}
+
+fn upstream_rpc_error(error: Value) -> RpcError {
+    RpcError {
+        code: error.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR),
+        message: error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("upstream error")
+            .to_owned(),
+        data: error.get("data").cloned(),
+    }
+}
+
+fn decision_json(claims: &TaskClaims, outcome: &PolicyOutcome, approval_id: Option<&str>) -> Value {
+    let mut decision = json!({
+        "decision": outcome.decision.as_str(),
+        "policy_ids": outcome.policy_ids,
+        "reason": outcome.reason,
+        "task_id": claims.task_id,
+        "trace_id": claims.trace_id,
+    });
+    if !outcome.errors.is_empty() {
+        decision["errors"] = json!(outcome.errors);
+    }
+    if let Some(approval_id) = approval_id {
+        decision["approval_id"] = Value::String(approval_id.to_owned());
+    }
+    decision
+}
+
+/// Builds the `CallToolResult` of a refused call.
+pub fn refusal(
+    claims: &TaskClaims,
+    tool: &str,
+    outcome: &PolicyOutcome,
+    approval_id: Option<&str>,
+) -> Value {
+    let policies = if outcome.policy_ids.is_empty() {
+        "no policy permits it".to_owned()
+    } else {
+        format!("deciding policies: {}", outcome.policy_ids.join(", "))
+    };
+    let text = match outcome.decision {
+        Decision::Hold => format!(
+            "Warden is holding this call to {tool} for human approval{}: {}. Retry the same call once a person has approved it ({policies}).",
+            approval_id.map(|id| format!(" (approval id {id})")).unwrap_or_default(),
+            outcome.reason
+        ),
+        _ => format!(
+            "Warden denied this call to {tool}: {}. Do not retry the same call; choose another action or ask the user ({policies}).",
+            outcome.reason
+        ),
+    };
+    json!({
+        "content": [{ "type": "text", "text": text }],
+        "isError": true,
+        "_meta": { DECISION_META_KEY: decision_json(claims, outcome, approval_id) },
+    })
+}

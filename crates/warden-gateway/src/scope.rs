@@ -1,0 +1,64 @@
+//! Task tool scopes.
+//!
+//! A task's scope is a list of patterns over qualified tool names
+//! (`server__tool`): an exact name, `server__*` for every tool of one
+//! server, or `*` for every tool. The scope is bound into the task token,
+//! and Warden checks it before any policy runs.
+
+/// Returns true when `pattern` is a well-formed scope entry.
+pub fn is_valid_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some((server, tool)) = pattern.split_once("__") else {
+        return false;
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    };
+    name_ok(server) && (tool == "*" || name_ok(tool))
+}
+
+/// Returns true when `qualified` matches one of `patterns`.
+pub fn allows(patterns: &[String], qualified: &str) -> bool {
+    patterns.iter().any(|pattern| {
+        if pattern == "*" {
+            return true;
+        }
+        match pattern.strip_suffix("__*") {
+            Some(server) => qualified
+                .strip_prefix(server)
+                .is_some_and(|rest| rest.starts_with("__")),
+            None => pattern == qualified,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_exact_server_and_wildcard() {
+        let scope = vec!["fs__read_file".to_owned(), "mail__*".to_owned()];
+        assert!(allows(&scope, "fs__read_file"));
+        assert!(allows(&scope, "mail__send_email"));
+        assert!(!allows(&scope, "fs__write_file"));
+        assert!(!allows(&scope, "mailer__send"));
+        assert!(allows(&["*".to_owned()], "anything__x"));
+    }
+
+    #[test]
+    fn pattern_validation() {
+        assert!(is_valid_pattern("fs__read_file"));
+        assert!(is_valid_pattern("fs__*"));
+        assert!(is_valid_pattern("*"));
+        assert!(!is_valid_pattern("fs*"));
+        assert!(!is_valid_pattern("__x"));
+        assert!(!is_valid_pattern("fs__"));
+    }
+}

@@ -1,0 +1,329 @@
+//! Building and running the gateway: keys, identity, store, upstreams,
+//! policies, the HTTP router, policy reload on SIGHUP, and shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use warden_config::Config;
+use warden_identity::{DevIssuer, Jwks, SigningKey, SvidVerifier, TaskTokens};
+use warden_policy::ToolDef;
+use warden_store::{SqliteStore, Store};
+
+use crate::auth::{ApiError, authenticate_admin};
+use crate::policy_source::PolicySource;
+use crate::state::{AppState, TaskTable};
+use crate::upstream::Upstream;
+use crate::{guard, mcp, tasks};
+
+/// Issuer name written into task tokens.
+pub const TASK_TOKEN_ISSUER: &str = "warden";
+
+/// Inputs of [`Gateway::build`] besides the configuration.
+pub struct GatewayOptions {
+    /// Where policies come from.
+    pub policy_source: PolicySource,
+    /// Admin bearer token; admin endpoints are closed without one.
+    pub admin_token: Option<String>,
+}
+
+/// A gateway bound to its listener, ready to serve.
+pub struct Gateway {
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+/// Paths of the keys in the data directory.
+pub fn dev_issuer_key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("dev-issuer.pk8")
+}
+
+/// Path of the task-token signing key in the data directory.
+pub fn task_key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("task-tokens.pk8")
+}
+
+/// Loads the development issuer of this data directory.
+pub fn load_dev_issuer(config: &Config) -> anyhow::Result<DevIssuer> {
+    let path = dev_issuer_key_path(&config.data_dir());
+    let key = SigningKey::load_or_create(&path)
+        .with_context(|| format!("cannot load the development issuer key {}", path.display()))?;
+    Ok(DevIssuer::new(&config.identity.dev_trust_domain, key)?)
+}
+
+impl Gateway {
+    /// Starts upstreams, loads policies, opens the store and binds.
+    pub async fn build(config: Config, options: GatewayOptions) -> anyhow::Result<Gateway> {
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+        let mut bundles: HashMap<String, Jwks> = HashMap::new();
+        for domain in &config.trust_domains {
+            let jwks = Jwks::from_file(&domain.bundle).with_context(|| {
+                format!("cannot load the bundle of trust domain {}", domain.name)
+            })?;
+            bundles.insert(domain.name.clone(), jwks);
+        }
+        if config.identity.dev_issuer {
+            let issuer = load_dev_issuer(&config)?;
+            bundles.insert(
+                issuer.trust_domain().to_owned(),
+                Jwks::from_json(&issuer.bundle())?,
+            );
+            tracing::warn!(trust_domain = %issuer.trust_domain(), "development issuer is trusted; disable identity.dev_issuer where SPIRE issues identities");
+        }
+        let verifier = SvidVerifier::new(
+            bundles,
+            config.identity.audience.clone(),
+            config.identity.leeway_seconds as i64,
+        )?;
+        let task_key = SigningKey::load_or_create(&task_key_path(&data_dir))
+            .context("cannot load the task-token signing key")?;
+        let tokens = TaskTokens::new(
+            task_key,
+            TASK_TOKEN_ISSUER.to_owned(),
+            config.identity.audience.clone(),
+            config.identity.leeway_seconds as i64,
+        );
+
+        let store_path = config.store_path();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&store_path)
+                .with_context(|| format!("cannot open the store {}", store_path.display()))?,
+        );
+
+        let limits = &config.limits;
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream_config) in &config.upstreams {
+            let timeout = Duration::from_secs(
+                upstream_config
+                    .timeout_seconds
+                    .unwrap_or(limits.call_timeout_seconds),
+            );
+            let upstream = Upstream::new(
+                name,
+                upstream_config,
+                timeout,
+                Duration::from_secs(limits.start_timeout_seconds),
+                limits.max_upstream_message_bytes,
+            )?;
+            upstream
+                .start()
+                .await
+                .with_context(|| format!("upstream {name} failed to start"))?;
+            upstreams.insert(name.clone(), Arc::new(upstream));
+        }
+
+        let tools = all_tools(&upstreams);
+        let engine = options
+            .policy_source
+            .load(&tools, &config.policy.environment)
+            .with_context(|| {
+                format!(
+                    "policies in {} are invalid",
+                    options.policy_source.describe()
+                )
+            })?;
+        tracing::info!(
+            source = %options.policy_source.describe(),
+            policies = engine.policy_count(),
+            tools = tools.len(),
+            "policies loaded"
+        );
+
+        let addr = config
+            .listen_addr()
+            .map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
+        let addr = listener.local_addr()?;
+        let allowed_hosts = if config.server.allowed_hosts.is_empty() {
+            guard::default_hosts(addr)
+        } else {
+            config.server.allowed_hosts.clone()
+        };
+        let allowed_origins = config.server.allowed_origins.clone();
+
+        let state = Arc::new(AppState {
+            config,
+            verifier,
+            issuer: TASK_TOKEN_ISSUER.to_owned(),
+            tokens,
+            policy_source: options.policy_source,
+            engine: RwLock::new(Arc::new(engine)),
+            store,
+            upstreams,
+            tasks: TaskTable::default(),
+            sessions: mcp::Sessions::default(),
+            metrics: crate::metrics::Metrics::default(),
+            allowed_hosts,
+            allowed_origins,
+            admin_token: options.admin_token.filter(|t| !t.is_empty()),
+        });
+        Ok(Gateway {
+            state,
+            listener,
+            addr,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then flushes the audit log and
+    /// stops the upstreams.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        spawn_reload_on_hangup(state.clone());
+        tracing::info!(listen = %self.addr, upstreams = state.upstreams.len(), "warden listening");
+        axum::serve(self.listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        tracing::info!("warden stopping");
+        if let Err(error) = state.store.flush().await {
+            tracing::error!(%error, "flushing the audit log at shutdown failed");
+        }
+        for upstream in state.upstreams.values() {
+            upstream.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the HTTP router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(tasks::start))
+        .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
+        .route("/v1/traces/{id}", get(trace))
+        .route(
+            "/mcp",
+            post(mcp::post_all)
+                .get(mcp::get_stream)
+                .delete(mcp::delete_session),
+        )
+        .route(
+            "/mcp/{server}",
+            post(mcp::post_one)
+                .get(mcp::get_stream)
+                .delete(mcp::delete_session_one),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host_and_origin,
+        ))
+        .with_state(state)
+}
+
+/// Reloads policies against the current tools. On failure the running set
+/// stays in force.
+pub fn reload_policies(state: &AppState) -> Result<usize, warden_policy::PolicyLoadError> {
+    let tools = all_tools(&state.upstreams);
+    let engine = state
+        .policy_source
+        .load(&tools, &state.config.policy.environment)?;
+    let count = engine.policy_count();
+    state.set_engine(engine);
+    Ok(count)
+}
+
+fn all_tools(upstreams: &BTreeMap<String, Arc<Upstream>>) -> Vec<ToolDef> {
+    upstreams.values().flat_map(|u| u.tool_defs()).collect()
+}
+
+fn spawn_reload_on_hangup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; policy reload by signal is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reload_policies(&state) {
+                Ok(count) => tracing::info!(policies = count, "policies reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "policy reload failed; keeping the policies in force")
+                }
+            }
+        }
+    });
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(error) = state.store.ping().await {
+        problems.push(format!("store: {error}"));
+    }
+    for upstream in state.upstreams.values() {
+        if !upstream.is_connected() {
+            problems.push(format!(
+                "upstream {}: not connected (it restarts on the next call)",
+                upstream.name()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, axum::Json(json!({ "ready": true }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "problems": problems })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.store.dropped_records()),
+    )
+        .into_response()
+}
+
+async fn trace(
+    State(state): State<Arc<AppState>>,
+    UrlPath(trace_id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate_admin(&state, &headers)?;
+    state
+        .store
+        .flush()
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    let records = state
+        .store
+        .trace(&trace_id)
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    if records.is_empty() {
+        return Err(ApiError::NotFound(format!("no trace {trace_id}")));
+    }
+    Ok(axum::Json(json!({ "trace_id": trace_id, "records": records })).into_response())
+}

@@ -1,0 +1,113 @@
+//! Shared state of a running gateway.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use warden_config::Config;
+use warden_identity::{SvidVerifier, TaskClaims, TaskTokens};
+use warden_policy::PolicyEngine;
+use warden_store::Store;
+
+use crate::mcp::Sessions;
+use crate::metrics::Metrics;
+use crate::policy_source::PolicySource;
+use crate::upstream::Upstream;
+
+/// Everything a request handler needs, shared behind an `Arc`.
+pub struct AppState {
+    /// The loaded configuration.
+    pub config: Config,
+    /// Verifies agents' JWT-SVIDs.
+    pub verifier: SvidVerifier,
+    /// Issuer name written into task tokens.
+    pub issuer: String,
+    /// Issues and verifies task tokens.
+    pub tokens: TaskTokens,
+    /// Where policies come from, for reloads.
+    pub policy_source: PolicySource,
+    /// The current policy engine; replaced whole on reload.
+    pub engine: RwLock<Arc<PolicyEngine>>,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Upstream MCP servers by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Tasks seen by this process, with their revocation state.
+    pub tasks: TaskTable,
+    /// MCP sessions of agents.
+    pub sessions: Sessions,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Accepted `Host` header values.
+    pub allowed_hosts: Vec<String>,
+    /// Accepted `Origin` header values.
+    pub allowed_origins: Vec<String>,
+    /// Admin bearer token from `WARDEN_ADMIN_TOKEN`, if set.
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    /// Returns the current policy engine.
+    pub fn engine(&self) -> Arc<PolicyEngine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy engine.
+    pub fn set_engine(&self, engine: PolicyEngine) {
+        *self.engine.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(engine);
+    }
+}
+
+/// Revocation state of a task as this process knows it.
+#[derive(Debug, Clone)]
+pub enum TaskStatus {
+    /// The task is live.
+    Active,
+    /// The task was ended at this unix time.
+    Revoked(i64),
+    /// The store has no such task.
+    Unknown,
+}
+
+/// Cache of task status in front of the store. Revocations made through this
+/// process update it at once; other tasks are read from the store once.
+#[derive(Default)]
+pub struct TaskTable {
+    status: Mutex<HashMap<String, TaskStatus>>,
+}
+
+impl TaskTable {
+    /// Returns the cached status, if any.
+    pub fn cached(&self, task_id: &str) -> Option<TaskStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+            .cloned()
+    }
+
+    /// Records a status.
+    pub fn set(&self, task_id: &str, status: TaskStatus) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task_id.to_owned(), status);
+    }
+
+    /// Drops entries of tasks that expired before `now`.
+    pub fn forget_expired(&self, claims_expiry: impl Fn(&str) -> bool) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| !claims_expiry(id));
+    }
+}
+
+/// A verified task token together with its claims.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedTask {
+    /// The token's claims.
+    pub claims: TaskClaims,
+}

@@ -1,0 +1,401 @@
+//! Stdio upstreams: a child process that Warden spawns and supervises.
+//!
+//! Messages are newline-delimited JSON-RPC on the child's stdin and stdout;
+//! stderr is logged at debug level. A line longer than the configured limit
+//! is discarded and logged, so a misbehaving server cannot make Warden
+//! buffer without bound. When the process exits, every request in flight
+//! fails and the next request spawns it again. Spawning is throttled to once
+//! a second so that a server that crashes at start does not spin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use super::{RpcOutcome, UpstreamError, client_initialize_params, outcome_of};
+
+/// How to run a stdio server.
+#[derive(Debug, Clone)]
+pub struct StdioSettings {
+    /// Server name, for errors and logs.
+    pub server: String,
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Time allowed for spawn plus `initialize`.
+    pub start_timeout: Duration,
+    /// Longest accepted line from the server, in bytes.
+    pub max_line_bytes: usize,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+struct Process {
+    child: tokio::sync::Mutex<Child>,
+    lines: mpsc::Sender<String>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    initialize: Value,
+}
+
+/// A supervised stdio server.
+pub struct StdioClient {
+    settings: StdioSettings,
+    process: tokio::sync::Mutex<Option<Arc<Process>>>,
+    current: Mutex<Option<Arc<Process>>>,
+    last_spawn: Mutex<Option<Instant>>,
+}
+
+impl StdioClient {
+    /// Creates the client; the process starts on first use.
+    pub fn new(settings: StdioSettings) -> StdioClient {
+        StdioClient {
+            settings,
+            process: tokio::sync::Mutex::new(None),
+            current: Mutex::new(None),
+            last_spawn: Mutex::new(None),
+        }
+    }
+
+    /// Starts the process if needed and returns its `initialize` result.
+    pub async fn initialize_result(&self) -> Result<Value, UpstreamError> {
+        Ok(self.ensure().await?.initialize.clone())
+    }
+
+    /// Sends one request and waits for the response.
+    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<RpcOutcome, UpstreamError> {
+        let process = self.ensure().await?;
+        let response = process.call(&self.settings.server, method, params).await?;
+        outcome_of(&self.settings.server, &response)
+    }
+
+    /// Sends one notification.
+    pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), UpstreamError> {
+        let process = self.ensure().await?;
+        process.send(&self.settings.server, &notification(method, params)).await
+    }
+
+    /// Returns true while a process is running.
+    pub fn is_running(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|p| p.alive.load(Ordering::Acquire))
+    }
+
+    /// Kills the running process, if any; the next request spawns a new one.
+    pub async fn restart(&self, reason: &str) {
+        let taken = self.process.lock().await.take();
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(process) = taken {
+            tracing::warn!(upstream = %self.settings.server, reason, "restarting upstream process");
+            process.kill().await;
+        }
+    }
+
+    /// Kills the process for good (used at shutdown).
+    pub async fn shutdown(&self) {
+        if let Some(process) = self.process.lock().await.take() {
+            process.kill().await;
+        }
+    }
+
+    async fn ensure(&self) -> Result<Arc<Process>, UpstreamError> {
+        let mut slot = self.process.lock().await;
+        if let Some(process) = slot.as_ref()
+            && process.alive.load(Ordering::Acquire)
+        {
+            return Ok(process.clone());
+        }
+        if let Some(old) = slot.take() {
+            old.kill().await;
+        }
+        self.throttle().await;
+        let process = tokio::time::timeout(self.settings.start_timeout, self.spawn())
+            .await
+            .map_err(|_| UpstreamError::Unavailable {
+                server: self.settings.server.clone(),
+                detail: format!(
+                    "did not answer initialize within {} s",
+                    self.settings.start_timeout.as_secs()
+                ),
+            })??;
+        let process = Arc::new(process);
+        *slot = Some(process.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.clone());
+        Ok(process)
+    }
+
+    async fn throttle(&self) {
+        let wait = {
+            let mut last = self.last_spawn.lock().unwrap_or_else(|e| e.into_inner());
+            let wait = last
+                .map(|at| Duration::from_secs(1).saturating_sub(at.elapsed()))
+                .unwrap_or_default();
+            *last = Some(Instant::now() + wait);
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn spawn(&self) -> Result<Process, UpstreamError> {
+        let settings = &self.settings;
+        let server = settings.server.clone();
+        let mut command = Command::new(&settings.command);
+        command
+            .args(&settings.args)
+            .envs(&settings.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cwd) = &settings.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn().map_err(|error| UpstreamError::Unavailable {
+            server: server.clone(),
+            detail: format!(
+                "cannot run {:?}: {error}; check upstreams.{server}.command and PATH",
+                settings.command
+            ),
+        })?;
+        tracing::info!(upstream = %server, pid = child.id().unwrap_or(0), command = %settings.command, "upstream process started");
+
+        let unavailable = |what: &str| UpstreamError::Unavailable {
+            server: server.clone(),
+            detail: format!("no {what} pipe"),
+        };
+        let stdin = child.stdin.take().ok_or_else(|| unavailable("stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| unavailable("stdout"))?;
+        let stderr = child.stderr.take().ok_or_else(|| unavailable("stderr"))?;
+
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (lines, lines_rx) = mpsc::channel::<String>(256);
+
+        tokio::spawn(write_lines(server.clone(), stdin, lines_rx, alive.clone()));
+        tokio::spawn(read_messages(
+            server.clone(),
+            FramedRead::new(stdout, LinesCodec::new_with_max_length(settings.max_line_bytes)),
+            pending.clone(),
+            lines.clone(),
+            alive.clone(),
+        ));
+        tokio::spawn(log_stderr(server.clone(), stderr, settings.max_line_bytes));
+
+        let mut process = Process {
+            child: tokio::sync::Mutex::new(child),
+            lines,
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            initialize: Value::Null,
+        };
+        let response = process
+            .call(&server, "initialize", Some(client_initialize_params()))
+            .await?;
+        match outcome_of(&server, &response)? {
+            Ok(result) => process.initialize = result,
+            Err(error) => {
+                process.kill().await;
+                return Err(UpstreamError::Protocol {
+                    server,
+                    detail: format!("initialize failed: {}", error.error),
+                });
+            }
+        }
+        process
+            .send(&server, &notification("notifications/initialized", None))
+            .await?;
+        Ok(process)
+    }
+}
+
+impl Process {
+    async fn call(&self, server: &str, method: &str, params: Option<Value>) -> Result<Value, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let mut message = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+        if let Some(params) = params {
+            message["params"] = params;
+        }
+        if let Err(error) = self.send(server, &message).await {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(error);
+        }
+        let result = rx.await.map_err(|_| UpstreamError::Unavailable {
+            server: server.to_owned(),
+            detail: "the process exited before answering".into(),
+        });
+        if result.is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+        result
+    }
+
+    async fn send(&self, server: &str, message: &Value) -> Result<(), UpstreamError> {
+        self.lines
+            .send(message.to_string())
+            .await
+            .map_err(|_| UpstreamError::Unavailable {
+                server: server.to_owned(),
+                detail: "the process exited".into(),
+            })
+    }
+
+    async fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let mut child = self.child.lock().await;
+        if let Err(error) = child.start_kill() {
+            tracing::debug!(%error, "kill of upstream process failed");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    }
+}
+
+fn notification(method: &str, params: Option<Value>) -> Value {
+    let mut message = json!({ "jsonrpc": "2.0", "method": method });
+    if let Some(params) = params {
+        message["params"] = params;
+    }
+    message
+}
+
+async fn write_lines(
+    server: String,
+    mut stdin: tokio::process::ChildStdin,
+    mut lines: mpsc::Receiver<String>,
+    alive: Arc<AtomicBool>,
+) {
+    while let Some(mut line) = lines.recv().await {
+        line.push('\n');
+        if let Err(error) = stdin.write_all(line.as_bytes()).await {
+            tracing::warn!(upstream = %server, %error, "write to upstream stdin failed");
+            break;
+        }
+        if stdin.flush().await.is_err() {
+            break;
+        }
+    }
+    alive.store(false, Ordering::Release);
+}
+
+async fn read_messages(
+    server: String,
+    mut stdout: FramedRead<tokio::process::ChildStdout, LinesCodec>,
+    pending: Pending,
+    lines: mpsc::Sender<String>,
+    alive: Arc<AtomicBool>,
+) {
+    while let Some(line) = stdout.next().await {
+        let line = match line {
+            Ok(line) => line,
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                tracing::warn!(upstream = %server, "upstream sent a line over the size limit; discarded it");
+                continue;
+            }
+            Err(LinesCodecError::Io(error)) => {
+                tracing::warn!(upstream = %server, %error, "read from upstream stdout failed");
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let message = match warden_core::json::parse_strict(line.as_bytes()) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(upstream = %server, %error, "upstream sent a line that is not strict JSON; discarded it");
+                continue;
+            }
+        };
+        let id = message.get("id");
+        let method = message.get("method").and_then(Value::as_str);
+        match (id, method) {
+            (Some(id), None) => {
+                let waiter = id.as_u64().and_then(|id| {
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id)
+                });
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(message);
+                    }
+                    None => tracing::debug!(upstream = %server, %id, "response to no pending request"),
+                }
+            }
+            (Some(id), Some(method)) => {
+                // NOTE: server-to-client requests are not relayed to agents
+                // over stdio; Warden answers ping and rejects the rest.
+                let reply = if method == "ping" {
+                    json!({ "jsonrpc": "2.0", "id": id, "result": {} })
+                } else {
+                    tracing::debug!(upstream = %server, method, "rejected server-to-client request");
+                    json!({ "jsonrpc": "2.0", "id": id, "error": {
+                        "code": -32601,
+                        "message": format!("{method} is not supported by this client")
+                    }})
+                };
+                let _ = lines.send(reply.to_string()).await;
+            }
+            (None, Some(method)) => {
+                tracing::debug!(upstream = %server, method, "upstream notification");
+            }
+            (None, None) => {
+                tracing::debug!(upstream = %server, "upstream sent a message with neither id nor method");
+            }
+        }
+    }
+    let was_alive = alive.swap(false, Ordering::AcqRel);
+    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    if was_alive {
+        tracing::warn!(upstream = %server, "upstream process closed its output");
+    } else {
+        tracing::debug!(upstream = %server, "upstream process stopped");
+    }
+}
+
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, max_line_bytes: usize) {
+    let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(max_line_bytes));
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) => tracing::debug!(upstream = %server, stderr = %line, "upstream stderr"),
+            Err(LinesCodecError::MaxLineLengthExceeded) => continue,
+            Err(LinesCodecError::Io(_)) => break,
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The policy engine: everything parsed at load, and the decision on
+//! each step.
+//!
+//! At load the engine builds the schema, parses and validates the policies,
+//! and prepares for every action the policies that can apply to it, split
+//! into plain policies (permits and un-annotated forbids) and hold policies
+//! (forbids annotated `@hold`). Per request it only builds the Cedar
+//! request and the few entities the request refers to; see `decide`.
+
+mod decide;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PolicySet, RestrictedExpression, Schema, SchemaFragment,
+};
+use serde_json::Value;
+
+use crate::arguments::types::{RecordType, arguments_type};
+use crate::error::PolicyLoadError;
+use crate::load::{LoadedPolicy, load_policies};
+use crate::schema::{GET_PROMPT, LIST_TOOLS, NAMESPACE, READ_RESOURCE, START_TASK, schema_json};
+use crate::{EngineOptions, ToolDef};
+
+/// File name extension of policy files in a policy directory.
+const POLICY_EXTENSION: &str = "cedar";
+
+/// Id of the single gateway entity that `start_task` applies to.
+const GATEWAY_ID: &str = "warden";
+
+/// Decides each step of a task against a validated set of Cedar policies.
+///
+/// The engine is immutable once built; share it behind an `Arc` and build
+/// a new one to reload.
+pub struct PolicyEngine {
+    schema: Schema,
+    schema_text: String,
+    environment: String,
+    authorizer: Authorizer,
+    names: TypeNames,
+    tools: HashMap<String, CompiledTool>,
+    actions: HashMap<String, ActionPolicies>,
+    policy_count: usize,
+}
+
+/// Entity type names, built once.
+struct TypeNames {
+    agent: EntityTypeName,
+    server: EntityTypeName,
+    tool: EntityTypeName,
+    resource: EntityTypeName,
+    prompt: EntityTypeName,
+    path: EntityTypeName,
+    gateway: EntityTypeName,
+    action: EntityTypeName,
+}
+
+/// A tool with everything a request about it needs.
+struct CompiledTool {
+    definition: ToolDef,
+    arguments: RecordType,
+    uid: EntityUid,
+    call_action: EntityUid,
+    /// The tool and its server.
+    entities: Vec<Entity>,
+}
+
+/// The policies that can apply to one action, and that action's entities.
+struct ActionPolicies {
+    uid: EntityUid,
+    plain: PolicySet,
+    hold: PolicySet,
+    /// The action and the action groups it belongs to.
+    entities: Vec<Entity>,
+}
+
+impl PolicyEngine {
+    /// Loads every `*.cedar` file of `dir`, in file name order, and builds
+    /// the engine. Subdirectories and files whose names start with `.` are
+    /// skipped. An empty directory loads, and then every step is denied.
+    pub fn load_dir(
+        dir: &Path,
+        tools: &[ToolDef],
+        options: EngineOptions,
+    ) -> Result<PolicyEngine, PolicyLoadError> {
+        let read_error = |path: &Path, source| PolicyLoadError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|error| read_error(dir, error))? {
+            let entry = entry.map_err(|error| read_error(dir, error))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_policy = path.extension().is_some_and(|ext| ext == POLICY_EXTENSION);
+            if !is_policy || name.starts_with('.') || path.is_dir() {
+                continue;
+            }
+            files.push((name, path));
+        }
+        files.sort();
+        let mut sources = Vec::with_capacity(files.len());
+        for (name, path) in files {
+            let text = std::fs::read_to_string(&path).map_err(|error| read_error(&path, error))?;
+            sources.push((name, text));
+        }
+        Self::from_sources(&sources, tools, options)
+    }
+
+    /// Builds the engine from policy texts given as (file name, text) pairs.
+    /// The file names appear in policy ids and error messages.
+    pub fn from_sources(
+        sources: &[(String, String)],
+        tools: &[ToolDef],
+        options: EngineOptions,
+    ) -> Result<PolicyEngine, PolicyLoadError> {
+        let names = TypeNames::new()?;
+        let argument_types = tool_argument_types(tools)?;
+        let schema_value = schema_json(
+            argument_types
+                .iter()
+                .map(|(qualified, arguments, _)| (qualified.as_str(), arguments)),
+        );
+        let schema_text = SchemaFragment::from_json_value(schema_value.clone())
+            .map_err(|error| schema_error(&error))?
+            .to_cedarschema()
+            .map_err(|error| schema_error(&error))?;
+        let schema = Schema::from_json_value(schema_value).map_err(|error| schema_error(&error))?;
+
+        let policies = load_policies(sources, &schema).map_err(PolicyLoadError::Policies)?;
+        let action_entities = schema
+            .action_entities()
+            .map_err(|error| schema_error(&error))?;
+
+        let mut compiled = HashMap::with_capacity(argument_types.len());
+        for (qualified, arguments, definition) in argument_types {
+            let tool = CompiledTool::new(&names, qualified.clone(), arguments, definition.clone())?;
+            compiled.insert(qualified, tool);
+        }
+        let action_ids = [START_TASK, LIST_TOOLS, READ_RESOURCE, GET_PROMPT]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(compiled.keys().cloned());
+        let mut actions = HashMap::new();
+        for action_id in action_ids {
+            let policies = ActionPolicies::new(&names, &action_id, &policies, &action_entities)?;
+            actions.insert(action_id, policies);
+        }
+
+        tracing::info!(
+            policy.count = policies.len(),
+            tool.count = compiled.len(),
+            environment = %options.environment,
+            "policies loaded"
+        );
+        Ok(PolicyEngine {
+            schema,
+            schema_text,
+            environment: options.environment,
+            authorizer: Authorizer::new(),
+            names,
+            tools: compiled,
+            actions,
+            policy_count: policies.len(),
+        })
+    }
+
+    /// Returns the generated schema in Cedar schema syntax.
+    pub fn schema_text(&self) -> String {
+        self.schema_text.clone()
+    }
+
+    /// Returns the number of loaded policies, hold policies included.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    /// Returns the definition of the tool with this qualified name.
+    pub fn tool(&self, qualified: &str) -> Option<&ToolDef> {
+        self.tools.get(qualified).map(|tool| &tool.definition)
+    }
+}
+
+impl TypeNames {
+    fn new() -> Result<TypeNames, PolicyLoadError> {
+        let name = |base: &str| {
+            EntityTypeName::from_str(&format!("{NAMESPACE}::{base}"))
+                .map_err(|error| schema_error(&error))
+        };
+        Ok(TypeNames {
+            agent: name("Agent")?,
+            server: name("Server")?,
+            tool: name("Tool")?,
+            resource: name("Resource")?,
+            prompt: name("Prompt")?,
+            path: name("Path")?,
+            gateway: name("Gateway")?,
+            action: name("Action")?,
+        })
+    }
+
+    fn uid(&self, kind: &EntityTypeName, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
+    }
+}
+
+impl CompiledTool {
+    fn new(
+        names: &TypeNames,
+        qualified: String,
+        arguments: RecordType,
+        definition: ToolDef,
+    ) -> Result<CompiledTool, PolicyLoadError> {
+        let hint = |key: &str, default: bool| {
+            definition
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(key))
+                .and_then(Value::as_bool)
+                .unwrap_or(default)
+        };
+        // MCP defaults for absent hints: not read-only, destructive, open world.
+        let read_only = hint("readOnlyHint", false);
+        let destructive = hint("destructiveHint", true);
+        let open_world = hint("openWorldHint", true);
+
+        let server_uid = names.uid(&names.server, &definition.server);
+        let uid = names.uid(&names.tool, &qualified);
+        let classes = definition
+            .classes
+            .iter()
+            .map(|class| RestrictedExpression::new_string(class.clone()));
+        let attributes = [
+            ("name", RestrictedExpression::new_string(qualified.clone())),
+            (
+                "server",
+                RestrictedExpression::new_string(definition.server.clone()),
+            ),
+            (
+                "tool",
+                RestrictedExpression::new_string(definition.name.clone()),
+            ),
+            ("classes", RestrictedExpression::new_set(classes)),
+            ("read_only", RestrictedExpression::new_bool(read_only)),
+            ("destructive", RestrictedExpression::new_bool(destructive)),
+            ("open_world", RestrictedExpression::new_bool(open_world)),
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
+        let tool_entity = Entity::new_with_tags(uid.clone(), attributes, [server_uid.clone()], [])
+            .map_err(|error| PolicyLoadError::Tool {
+                tool: qualified.clone(),
+                message: error.to_string(),
+            })?;
+        let server_entity = Entity::new_no_attrs(server_uid, HashSet::new());
+        Ok(CompiledTool {
+            call_action: names.uid(&names.action, &qualified),
+            definition,
+            arguments,
+            uid,
+            entities: vec![tool_entity, server_entity],
+        })
+    }
+}
+
+impl ActionPolicies {
+    /// Selects the policies whose action scope can match `action_id`.
+    ///
+    /// Leaving out a policy whose action scope cannot match changes no
+    /// decision: Cedar treats such a policy as not applicable, and a scope
+    /// check never raises an evaluation error.
+    fn new(
+        names: &TypeNames,
+        action_id: &str,
+        policies: &[LoadedPolicy],
+        action_entities: &Entities,
+    ) -> Result<ActionPolicies, PolicyLoadError> {
+        let uid = names.uid(&names.action, action_id);
+        let entity = action_entities
+            .get(&uid)
+            .cloned()
+            .ok_or_else(|| PolicyLoadError::Schema {
+                message: format!("action {action_id} is missing from the generated schema"),
+            })?;
+        let mut groups: Vec<EntityUid> = action_entities
+            .ancestors(&uid)
+            .map(|ancestors| ancestors.cloned().collect())
+            .unwrap_or_default();
+        groups.sort_by_key(ToString::to_string);
+        let mut entities = vec![entity];
+        for group in &groups {
+            if let Some(group_entity) = action_entities.get(group) {
+                entities.push(group_entity.clone());
+            }
+        }
+
+        let applies = |policy: &Policy| match policy.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(scope) => scope == uid,
+            ActionConstraint::In(scopes) => scopes
+                .iter()
+                .any(|scope| *scope == uid || groups.contains(scope)),
+        };
+        let select = |hold: bool| {
+            PolicySet::from_policies(
+                policies
+                    .iter()
+                    .filter(|entry| entry.hold == hold && applies(&entry.policy))
+                    .map(|entry| entry.policy.clone()),
+            )
+            .map_err(|error| PolicyLoadError::Schema {
+                message: format!("failed to index policies for action {action_id}: {error}"),
+            })
+        };
+        Ok(ActionPolicies {
+            plain: select(false)?,
+            hold: select(true)?,
+            uid,
+            entities,
+        })
+    }
+}
+
+/// Returns (qualified name, argument record, definition) for each tool,
+/// rejecting duplicate qualified names.
+fn tool_argument_types(
+    tools: &[ToolDef],
+) -> Result<Vec<(String, RecordType, &ToolDef)>, PolicyLoadError> {
+    let mut seen = HashSet::new();
+    let mut result = Vec::with_capacity(tools.len());
+    for tool in tools {
+        let qualified = tool.qualified_name();
+        if !seen.insert(qualified.clone()) {
+            return Err(PolicyLoadError::Tool {
+                tool: qualified,
+                message: "two tool definitions have this qualified name; \
+                          rename one server so that every server__tool name is unique"
+                    .to_owned(),
+            });
+        }
+        let arguments = arguments_type(&tool.input_schema, tool.path_arguments.as_deref())
+            .map_err(|error| PolicyLoadError::Tool {
+                tool: qualified.clone(),
+                message: format!(
+                    "path argument \"{}\" {}; fix path_arguments in the configuration",
+                    error.argument, error.problem
+                ),
+            })?;
+        result.push((qualified, arguments, tool));
+    }
+    Ok(result)
+}
+
+fn schema_error(error: &dyn std::fmt::Display) -> PolicyLoadError {
+    PolicyLoadError::Schema {
+        message: error.to_string(),
+    }
+}

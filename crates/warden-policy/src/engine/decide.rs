@@ -1,0 +1,457 @@
+//! The decision on one step.
+//!
+//! A decision runs in two passes over the policies of the step's action.
+//! The plain policies decide allow or deny. When they allow, the hold
+//! policies run: a matching hold policy turns the allow into a hold. Any
+//! evaluation error in either pass denies, because Cedar skips a policy
+//! whose evaluation fails and a skipped `forbid` would otherwise let the
+//! step through.
+
+use std::collections::BTreeSet;
+
+use cedar_policy::{
+    AuthorizationError, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
+    Request, RestrictedExpression,
+};
+use serde_json::Value;
+
+use super::{ActionPolicies, CompiledTool, GATEWAY_ID, PolicyEngine};
+use crate::arguments::convert::convert_arguments;
+use crate::load::{HOLD_ANNOTATION, REASON_ANNOTATION};
+use crate::schema::{GET_PROMPT, LIST_TOOLS, READ_RESOURCE, START_TASK};
+use crate::{
+    ARGUMENTS_POLICY_ID, Decision, Outcome, REQUEST_POLICY_ID, Step, StepRequest, TaskContext,
+    UNKNOWN_TOOL_POLICY_ID,
+};
+
+/// The parts of a Cedar request that differ between steps.
+struct StepParts<'a> {
+    /// Key of the action in `PolicyEngine::actions`.
+    action: &'a str,
+    resource: EntityUid,
+    /// Context attributes besides `environment`.
+    context: Vec<(String, RestrictedExpression)>,
+    /// Entities besides the agent and the action.
+    entities: Vec<Entity>,
+    /// What the step does, for reasons: "calling tool fs__read_file".
+    description: String,
+}
+
+impl PolicyEngine {
+    /// Decides one step of a task.
+    ///
+    /// Never fails: an unknown tool, arguments that do not fit the tool's
+    /// schema, a request that cannot be built and any policy evaluation
+    /// error all deny, with the error in [`Outcome::errors`].
+    pub fn decide(&self, request: &StepRequest<'_>) -> Outcome {
+        let task = request.task;
+        match request.step {
+            Step::StartTask { ttl_seconds } => self.decide_start_task(task, ttl_seconds),
+            Step::ListTool { tool } => match self.tools.get(tool) {
+                Some(compiled) => self.decide_list_tool(task, compiled),
+                None => unknown_tool(tool),
+            },
+            Step::CallTool { tool, arguments } => match self.tools.get(tool) {
+                Some(compiled) => self.decide_call_tool(task, compiled, arguments),
+                None => unknown_tool(tool),
+            },
+            Step::ReadResource { server, uri } => self.decide_read_resource(task, server, uri),
+            Step::GetPrompt { server, name } => self.decide_get_prompt(task, server, name),
+        }
+    }
+
+    fn decide_start_task(&self, task: &TaskContext, ttl_seconds: u64) -> Outcome {
+        let description = "starting a task".to_owned();
+        let Ok(ttl) = i64::try_from(ttl_seconds) else {
+            let error = format!("ttl_seconds {ttl_seconds} is larger than {}", i64::MAX);
+            return request_failure(&description, error);
+        };
+        let tools = task
+            .tools
+            .iter()
+            .map(|tool| RestrictedExpression::new_string(tool.clone()));
+        let context = vec![
+            ("intent".to_owned(), string(&task.intent)),
+            ("user".to_owned(), string(&task.user)),
+            ("tools".to_owned(), RestrictedExpression::new_set(tools)),
+            (
+                "ttl_seconds".to_owned(),
+                RestrictedExpression::new_long(ttl),
+            ),
+        ];
+        let parts = StepParts {
+            action: START_TASK,
+            resource: self.names.uid(&self.names.gateway, GATEWAY_ID),
+            context,
+            entities: vec![Entity::with_uid(
+                self.names.uid(&self.names.gateway, GATEWAY_ID),
+            )],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_list_tool(&self, task: &TaskContext, tool: &CompiledTool) -> Outcome {
+        let description = format!("listing tool {}", tool.uid.id().unescaped());
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let parts = StepParts {
+            action: LIST_TOOLS,
+            resource: tool.uid.clone(),
+            context: vec![("task".to_owned(), task_record)],
+            entities: tool.entities.clone(),
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_call_tool(
+        &self,
+        task: &TaskContext,
+        tool: &CompiledTool,
+        arguments: &Value,
+    ) -> Outcome {
+        let qualified = tool.uid.id().unescaped();
+        let description = format!("calling tool {qualified}");
+        let converted = match convert_arguments(&tool.arguments, arguments, &self.names.path) {
+            Ok(converted) => converted,
+            Err(error) => {
+                let message = error.message(qualified);
+                return Outcome {
+                    decision: Decision::Deny,
+                    policy_ids: vec![ARGUMENTS_POLICY_ID.to_owned()],
+                    reason: message.clone(),
+                    errors: vec![message],
+                    arguments: None,
+                };
+            }
+        };
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let mut entities = tool.entities.clone();
+        entities.extend(self.path_entities(&converted.paths));
+        let parts = StepParts {
+            action: tool.call_action.id().unescaped(),
+            resource: tool.uid.clone(),
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("arguments".to_owned(), converted.record),
+            ],
+            entities,
+            description,
+        };
+        let mut outcome = self.evaluate(task, parts);
+        outcome.arguments = Some(converted.forwarded);
+        outcome
+    }
+
+    fn decide_read_resource(&self, task: &TaskContext, server: &str, uri: &str) -> Outcome {
+        let description = format!("reading resource {uri} of server {server}");
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let server_uid = self.names.uid(&self.names.server, server);
+        let resource = self
+            .names
+            .uid(&self.names.resource, &format!("{server}__{uri}"));
+        let entity = Entity::new_with_tags(
+            resource.clone(),
+            [("uri".to_owned(), string(uri))],
+            [server_uid.clone()],
+            [],
+        );
+        let entity = match entity {
+            Ok(entity) => entity,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let parts = StepParts {
+            action: READ_RESOURCE,
+            resource,
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("uri".to_owned(), string(uri)),
+                ("server".to_owned(), string(server)),
+            ],
+            entities: vec![entity, Entity::with_uid(server_uid)],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_get_prompt(&self, task: &TaskContext, server: &str, name: &str) -> Outcome {
+        let description = format!("getting prompt {name} of server {server}");
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let server_uid = self.names.uid(&self.names.server, server);
+        let resource = self
+            .names
+            .uid(&self.names.prompt, &format!("{server}__{name}"));
+        let entity = Entity::new_with_tags(
+            resource.clone(),
+            [("name".to_owned(), string(name))],
+            [server_uid.clone()],
+            [],
+        );
+        let entity = match entity {
+            Ok(entity) => entity,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let parts = StepParts {
+            action: GET_PROMPT,
+            resource,
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("server".to_owned(), string(server)),
+            ],
+            entities: vec![entity, Entity::with_uid(server_uid)],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    /// Returns one `Warden::Path` entity per path and per ancestor, each
+    /// with its parent directory as parent, so that `path in Path::"/srv"`
+    /// holds for every path below `/srv`.
+    fn path_entities(&self, paths: &[String]) -> Vec<Entity> {
+        let mut seen = BTreeSet::new();
+        let mut entities = Vec::new();
+        for path in paths {
+            let mut current = path.clone();
+            let ancestors = warden_core::path::ancestors(path);
+            for parent in ancestors {
+                if !seen.insert(current.clone()) {
+                    break;
+                }
+                let parent_uid = self.names.uid(&self.names.path, &parent);
+                let uid = self.names.uid(&self.names.path, &current);
+                entities.push(Entity::new_no_attrs(uid, [parent_uid].into()));
+                current = parent;
+            }
+            if seen.insert(current.clone()) {
+                let uid = self.names.uid(&self.names.path, &current);
+                entities.push(Entity::with_uid(uid));
+            }
+        }
+        entities
+    }
+
+    /// Builds the Cedar request for a step and runs both passes.
+    fn evaluate(&self, task: &TaskContext, parts: StepParts<'_>) -> Outcome {
+        let description = &parts.description;
+        let Some(action) = self.actions.get(parts.action) else {
+            let error = format!("action {} is not in the schema", parts.action);
+            return request_failure(description, error);
+        };
+        let (request, entities) =
+            match self.build_request(task, action, parts.resource, parts.context, parts.entities) {
+                Ok(built) => built,
+                Err(error) => return request_failure(description, error),
+            };
+
+        let plain = self
+            .authorizer
+            .is_authorized(&request, &action.plain, &entities);
+        if let Some(outcome) = evaluation_failure(description, plain.diagnostics().errors()) {
+            return outcome;
+        }
+        let matched = sorted_ids(plain.diagnostics().reason());
+        if plain.decision() == CedarDecision::Deny {
+            return denial(description, &action.plain, matched);
+        }
+
+        let hold = self
+            .authorizer
+            .is_authorized(&request, &action.hold, &entities);
+        if let Some(outcome) = evaluation_failure(description, hold.diagnostics().errors()) {
+            return outcome;
+        }
+        let holds = sorted_ids(hold.diagnostics().reason());
+        if !holds.is_empty() {
+            return hold_outcome(description, &action.hold, holds);
+        }
+
+        Outcome {
+            decision: Decision::Allow,
+            reason: format!(
+                "{description} is permitted by policy {}",
+                matched.join(", ")
+            ),
+            policy_ids: matched,
+            errors: Vec::new(),
+            arguments: None,
+        }
+    }
+
+    fn build_request(
+        &self,
+        task: &TaskContext,
+        action: &ActionPolicies,
+        resource: EntityUid,
+        context: Vec<(String, RestrictedExpression)>,
+        mut entities: Vec<Entity>,
+    ) -> Result<(Request, Entities), String> {
+        let principal = self.names.uid(&self.names.agent, &task.agent);
+        let agent = Entity::new_with_tags(
+            principal.clone(),
+            [("trust_domain".to_owned(), string(&task.trust_domain))],
+            [],
+            [],
+        )
+        .map_err(|error| error.to_string())?;
+        entities.push(agent);
+        entities.extend(action.entities.iter().cloned());
+
+        let pairs =
+            std::iter::once(("environment".to_owned(), string(&self.environment))).chain(context);
+        let context = Context::from_pairs(pairs).map_err(|error| error.to_string())?;
+        let request = Request::new(
+            principal,
+            action.uid.clone(),
+            resource,
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|error| error.to_string())?;
+        // The entities are built here from the schema's own types, so they
+        // are not checked against the schema again on every request.
+        let entities =
+            Entities::from_entities(entities, None).map_err(|error| error.to_string())?;
+        Ok((request, entities))
+    }
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+fn task_record(task: &TaskContext) -> Result<RestrictedExpression, String> {
+    let tools = task
+        .tools
+        .iter()
+        .map(|tool| RestrictedExpression::new_string(tool.clone()));
+    RestrictedExpression::new_record([
+        ("id".to_owned(), string(&task.task_id)),
+        ("intent".to_owned(), string(&task.intent)),
+        ("user".to_owned(), string(&task.user)),
+        ("tools".to_owned(), RestrictedExpression::new_set(tools)),
+    ])
+    .map_err(|error| error.to_string())
+}
+
+fn sorted_ids<'a>(ids: impl Iterator<Item = &'a cedar_policy::PolicyId>) -> Vec<String> {
+    let mut ids: Vec<String> = ids.map(ToString::to_string).collect();
+    ids.sort();
+    ids
+}
+
+fn unknown_tool(tool: &str) -> Outcome {
+    let reason = format!(
+        "tool {tool} is not known to Warden; use a tool name from tools/list, \
+         which has the form server__tool"
+    );
+    Outcome {
+        decision: Decision::Deny,
+        policy_ids: vec![UNKNOWN_TOOL_POLICY_ID.to_owned()],
+        reason,
+        errors: Vec::new(),
+        arguments: None,
+    }
+}
+
+fn request_failure(description: &str, error: String) -> Outcome {
+    Outcome {
+        decision: Decision::Deny,
+        policy_ids: vec![REQUEST_POLICY_ID.to_owned()],
+        reason: format!(
+            "{description} is denied because Warden could not build the authorization request: {error}"
+        ),
+        errors: vec![error],
+        arguments: None,
+    }
+}
+
+/// Returns a denial when any policy failed to evaluate.
+fn evaluation_failure<'a>(
+    description: &str,
+    errors: impl Iterator<Item = &'a AuthorizationError>,
+) -> Option<Outcome> {
+    let mut ids = BTreeSet::new();
+    let mut messages = Vec::new();
+    for error in errors {
+        let AuthorizationError::PolicyEvaluationError(failure) = error;
+        ids.insert(failure.policy_id().to_string());
+        messages.push(error.to_string());
+    }
+    if messages.is_empty() {
+        return None;
+    }
+    messages.sort();
+    let ids: Vec<String> = ids.into_iter().collect();
+    tracing::debug!(policy.ids = ?ids, errors = ?messages, "policy evaluation failed");
+    Some(Outcome {
+        decision: Decision::Deny,
+        reason: format!(
+            "{description} is denied because policy {} failed to evaluate; \
+             an operator must fix the policy",
+            ids.join(", ")
+        ),
+        policy_ids: ids,
+        errors: messages,
+        arguments: None,
+    })
+}
+
+/// Returns the denial by the plain policies: the matching forbids, or no
+/// matching permit.
+fn denial(description: &str, policies: &PolicySet, forbids: Vec<String>) -> Outcome {
+    let reason = if forbids.is_empty() {
+        format!("no policy permits {description}")
+    } else {
+        forbids
+            .iter()
+            .find_map(|id| annotation(policies, id, REASON_ANNOTATION))
+            .unwrap_or_else(|| format!("denied by policy {}", forbids.join(", ")))
+    };
+    Outcome {
+        decision: Decision::Deny,
+        policy_ids: forbids,
+        reason,
+        errors: Vec::new(),
+        arguments: None,
+    }
+}
+
+fn hold_outcome(description: &str, policies: &PolicySet, holds: Vec<String>) -> Outcome {
+    let reason = holds
+        .iter()
+        .find_map(|id| annotation(policies, id, HOLD_ANNOTATION))
+        .unwrap_or_else(|| {
+            format!(
+                "{description} needs a human approval (policy {})",
+                holds.join(", ")
+            )
+        });
+    Outcome {
+        decision: Decision::Hold,
+        policy_ids: holds,
+        reason,
+        errors: Vec::new(),
+        arguments: None,
+    }
+}
+
+/// Returns a non-empty annotation value of the policy with this id.
+fn annotation(policies: &PolicySet, id: &str, key: &str) -> Option<String> {
+    let id = cedar_policy::PolicyId::new(id);
+    policies
+        .annotation(&id, key)
+        .filter(|value| !value.trim().is_empty())
+        .map(str::to_owned)
+}

@@ -1,0 +1,869 @@
+//! Tests of loading and deciding through the public engine API.
+
+use serde_json::{Value, json};
+
+use crate::{
+    ARGUMENTS_POLICY_ID, Decision, EngineOptions, Outcome, PolicyEngine, PolicyLoadError,
+    REQUEST_POLICY_ID, Step, StepRequest, TaskContext, ToolDef, UNKNOWN_TOOL_POLICY_ID,
+};
+
+fn tool(server: &str, name: &str, input_schema: Value) -> ToolDef {
+    ToolDef {
+        server: server.to_owned(),
+        name: name.to_owned(),
+        description: None,
+        input_schema,
+        annotations: None,
+        classes: Vec::new(),
+        path_arguments: None,
+    }
+}
+
+fn tools() -> Vec<ToolDef> {
+    let mut read_file = tool(
+        "fs",
+        "read_file",
+        json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"]
+        }),
+    );
+    read_file.classes = vec!["read".to_owned()];
+    read_file.annotations = Some(json!({"readOnlyHint": true, "destructiveHint": false}));
+    let mut write_file = tool(
+        "fs",
+        "write_file",
+        json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"]
+        }),
+    );
+    write_file.classes = vec!["write".to_owned()];
+    let transfer = tool(
+        "pay",
+        "transfer",
+        json!({
+            "type": "object",
+            "properties": {
+                "amount": {"type": "integer"},
+                "fee": {"type": "number"},
+                "urgent": {"type": "boolean"},
+                "options": {
+                    "type": "object",
+                    "properties": {"depth": {"type": "integer"}},
+                    "required": ["depth"]
+                }
+            },
+            "required": ["amount"]
+        }),
+    );
+    let mail_send = tool(
+        "mail",
+        "send_email",
+        json!({"type": "object", "properties": {"to": {"type": "string"}}}),
+    );
+    let evil_send = tool(
+        "evil",
+        "send_email",
+        json!({"type": "object", "properties": {"to": {"type": "string"}}}),
+    );
+    vec![read_file, write_file, transfer, mail_send, evil_send]
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        environment: "development".to_owned(),
+    }
+}
+
+fn engine(policies: &str) -> PolicyEngine {
+    let sources = vec![("main.cedar".to_owned(), policies.to_owned())];
+    PolicyEngine::from_sources(&sources, &tools(), options())
+        .unwrap_or_else(|error| panic!("policies failed to load:\n{error}"))
+}
+
+fn load_error(sources: &[(&str, &str)]) -> PolicyLoadError {
+    let sources: Vec<(String, String)> = sources
+        .iter()
+        .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
+        .collect();
+    match PolicyEngine::from_sources(&sources, &tools(), options()) {
+        Ok(_) => panic!("policies loaded but should have failed"),
+        Err(error) => error,
+    }
+}
+
+fn task() -> TaskContext {
+    TaskContext {
+        task_id: "task-1".to_owned(),
+        agent: "spiffe://acme.test/agent/support-bot".to_owned(),
+        trust_domain: "acme.test".to_owned(),
+        user: "alice".to_owned(),
+        intent: "summarise reports".to_owned(),
+        tools: vec!["fs__read_file".to_owned(), "pay__*".to_owned()],
+    }
+}
+
+fn call(engine: &PolicyEngine, tool: &str, arguments: Value) -> Outcome {
+    let task = task();
+    engine.decide(&StepRequest {
+        task: &task,
+        step: Step::CallTool {
+            tool,
+            arguments: &arguments,
+        },
+    })
+}
+
+fn decide(engine: &PolicyEngine, step: Step<'_>) -> Outcome {
+    let task = task();
+    engine.decide(&StepRequest { task: &task, step })
+}
+
+const PERMIT_ALL: &str = "permit(principal, action, resource);\n";
+
+const DATA_ONLY: &str = r#"
+@id("read-data")
+permit(principal, action == Warden::Action::"fs__read_file", resource)
+when { context.arguments.path in Warden::Path::"/srv/data" };
+"#;
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PolicyEngine>();
+}
+
+#[test]
+fn path_inside_allowed_directory_is_allowed() {
+    let outcome = call(
+        &engine(DATA_ONLY),
+        "fs__read_file",
+        json!({"path": "/srv/data/a.txt"}),
+    );
+    assert_eq!(outcome.decision, Decision::Allow);
+    assert_eq!(outcome.policy_ids, vec!["read-data"]);
+}
+
+#[test]
+fn path_prefix_sibling_is_denied() {
+    let outcome = call(
+        &engine(DATA_ONLY),
+        "fs__read_file",
+        json!({"path": "/srv/data_private/key.pem"}),
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert!(outcome.policy_ids.is_empty());
+    assert_eq!(
+        outcome.reason,
+        "no policy permits calling tool fs__read_file"
+    );
+}
+
+#[test]
+fn path_escapes_are_denied() {
+    let engine = engine(DATA_ONLY);
+    let escapes = [
+        "/srv/data/../data_private/key.pem",
+        "/srv/data/../../etc/passwd",
+        "/srv/data/./../data_private",
+        "\\srv\\data\\..\\data_private\\key.pem",
+        "srv/data/a.txt",
+        "/srv",
+        "/srv/data_private",
+    ];
+    for path in escapes {
+        let outcome = call(&engine, "fs__read_file", json!({ "path": path }));
+        assert_eq!(outcome.decision, Decision::Deny, "{path} was not denied");
+    }
+}
+
+#[test]
+fn path_spellings_inside_directory_are_allowed() {
+    let engine = engine(DATA_ONLY);
+    for path in [
+        "/srv/data",
+        "/srv//data/./x/../a.txt",
+        "/srv/data/",
+        "/../srv/data/a",
+    ] {
+        let outcome = call(&engine, "fs__read_file", json!({ "path": path }));
+        assert_eq!(outcome.decision, Decision::Allow, "{path} was not allowed");
+    }
+}
+
+#[test]
+fn path_is_forwarded_as_given() {
+    let outcome = call(
+        &engine(DATA_ONLY),
+        "fs__read_file",
+        json!({"path": "/srv/data/x/../a.txt"}),
+    );
+    assert_eq!(
+        outcome.arguments,
+        Some(json!({"path": "/srv/data/x/../a.txt"}))
+    );
+}
+
+#[test]
+fn unscoped_arguments_forbid_fails_to_load() {
+    // `context.arguments` exists only on tool call actions, so a forbid
+    // that reads it for every action cannot silently drop out at run time.
+    let policies = format!(
+        "{PERMIT_ALL}forbid(principal, action, resource) \
+         when {{ context.arguments.amount > 1000 }};"
+    );
+    let error = load_error(&[("main.cedar", &policies)]);
+    let problems = error.problems();
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].line, 2);
+    assert_eq!(problems[0].policy_id, "main.cedar:1");
+    assert!(
+        problems[0]
+            .message
+            .contains("more problems at this location"),
+        "{error}"
+    );
+}
+
+#[test]
+fn string_amount_is_converted_before_forbid() {
+    let policies = format!(
+        "{PERMIT_ALL}forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments.amount > 1000 }};"
+    );
+    let outcome = call(
+        &engine(&policies),
+        "pay__transfer",
+        json!({"amount": "5000"}),
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:1"]);
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+}
+
+#[test]
+fn converted_arguments_are_forwarded() {
+    let outcome = call(
+        &engine(PERMIT_ALL),
+        "pay__transfer",
+        json!({"amount": "5000", "urgent": "true", "fee": "0.25"}),
+    );
+    assert_eq!(outcome.decision, Decision::Allow);
+    assert_eq!(
+        outcome.arguments,
+        Some(json!({"amount": 5000, "fee": 0.25, "urgent": true}))
+    );
+}
+
+#[test]
+fn evaluation_error_denies_despite_permit() {
+    // Adding to i64::MAX overflows at run time, which validation cannot see.
+    let policies = format!(
+        "{PERMIT_ALL}forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments.amount + 9223372036854775807 > 0 }};"
+    );
+    let outcome = call(&engine(&policies), "pay__transfer", json!({"amount": 1}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:1"]);
+    assert_eq!(outcome.errors.len(), 1);
+    assert!(
+        outcome.errors[0].contains("overflow"),
+        "{:?}",
+        outcome.errors
+    );
+    assert!(
+        outcome.reason.contains("failed to evaluate"),
+        "{}",
+        outcome.reason
+    );
+}
+
+#[test]
+fn evaluation_error_in_permit_denies() {
+    let policies = "permit(principal, action, resource) when { true };\n\
+                    permit(principal, action == Warden::Action::\"pay__transfer\", resource) \
+                    when { context.arguments.amount * 9223372036854775807 > 0 };";
+    let outcome = call(&engine(policies), "pay__transfer", json!({"amount": 2}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:1"]);
+}
+
+#[test]
+fn evaluation_error_in_hold_policy_denies() {
+    let policies = format!(
+        "{PERMIT_ALL}@hold forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments.amount - 9223372036854775807 < -9223372036854775807 }};"
+    );
+    let outcome = call(&engine(&policies), "pay__transfer", json!({"amount": -5}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:1"]);
+    assert!(!outcome.errors.is_empty());
+}
+
+#[test]
+fn list_tools_policy_reading_arguments_fails_to_load() {
+    let policy = "permit(principal, action == Warden::Action::\"list_tools\", resource) \
+                  when { context.arguments.path == \"x\" };";
+    let error = load_error(&[("list.cedar", policy)]);
+    let problems = error.problems();
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].file, "list.cedar");
+    assert_eq!(problems[0].policy_id, "list.cedar:0");
+    assert!(problems[0].message.contains("arguments"), "{error}");
+}
+
+#[test]
+fn read_resource_policy_reading_arguments_fails_to_load() {
+    let policy = "permit(principal, action == Warden::Action::\"read_resource\", resource) \
+                  when { context.arguments.path == \"x\" };";
+    let error = load_error(&[("resources.cedar", policy)]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn undeclared_argument_field_fails_to_load() {
+    let policy = "permit(principal, action == Warden::Action::\"fs__read_file\", resource) \
+                  when { context.arguments.mode == \"x\" };";
+    let error = load_error(&[("main.cedar", policy)]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn optional_argument_without_has_fails_to_load() {
+    let policy = "forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+                  when { context.arguments.urgent };";
+    let error = load_error(&[("main.cedar", policy)]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn syntax_error_names_file_line_and_column() {
+    let text = "permit(principal, action, resource);\n\n\
+                forbid(principal, action, resource) when { context.x == };\n";
+    let error = load_error(&[("broken.cedar", text)]);
+    let problems = error.problems();
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].file, "broken.cedar");
+    assert_eq!(problems[0].line, 3);
+    assert_eq!(problems[0].policy_id, "broken.cedar:1");
+    assert!(error.to_string().starts_with("broken.cedar:3:"), "{error}");
+    assert!(
+        error.to_string().ends_with("(policy broken.cedar:1)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn validation_error_names_line_of_policy() {
+    let text = "permit(principal, action, resource);\n\
+                @id(\"bad-field\")\n\
+                permit(principal, action == Warden::Action::\"list_tools\", resource)\n\
+                when { context.nothing };\n";
+    let error = load_error(&[("main.cedar", text)]);
+    let problems = error.problems();
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].line, 4, "{error}");
+    assert_eq!(problems[0].policy_id, "bad-field");
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let error = load_error(&[
+        (
+            "a.cedar",
+            "permit(principal, action, resource) when { 1 + };",
+        ),
+        (
+            "b.cedar",
+            "permit(principal, action, resource) when { context.nothing };",
+        ),
+    ]);
+    let files: Vec<&str> = error.problems().iter().map(|p| p.file.as_str()).collect();
+    assert_eq!(files, vec!["a.cedar", "b.cedar"], "{error}");
+}
+
+#[test]
+fn duplicate_id_across_files_fails_to_load() {
+    let policy = "@id(\"same\") permit(principal, action, resource);";
+    let error = load_error(&[("a.cedar", policy), ("b.cedar", policy)]);
+    let problems = error.problems();
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].file, "b.cedar");
+    assert!(problems[0].message.contains("a.cedar:1:1"), "{error}");
+}
+
+#[test]
+fn reserved_id_prefix_fails_to_load() {
+    let error = load_error(&[(
+        "main.cedar",
+        "@id(\"warden:arguments\") permit(principal, action, resource);",
+    )]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn template_fails_to_load() {
+    let error = load_error(&[(
+        "main.cedar",
+        "permit(principal == ?principal, action, resource);",
+    )]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
+fn hold_policy_turns_allow_into_hold() {
+    let policies = format!(
+        "{PERMIT_ALL}@id(\"big-transfer\")\n\
+         @hold(\"transfers above 1000 need a human approval\")\n\
+         forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments.amount > 1000 }};"
+    );
+    let engine = engine(&policies);
+    let held = call(&engine, "pay__transfer", json!({"amount": 5000}));
+    assert_eq!(held.decision, Decision::Hold);
+    assert_eq!(held.policy_ids, vec!["big-transfer"]);
+    assert_eq!(held.reason, "transfers above 1000 need a human approval");
+    let small = call(&engine, "pay__transfer", json!({"amount": 10}));
+    assert_eq!(small.decision, Decision::Allow);
+}
+
+#[test]
+fn hold_without_text_has_default_reason() {
+    let policies = format!("{PERMIT_ALL}@hold forbid(principal, action, resource);");
+    let outcome = call(&engine(&policies), "pay__transfer", json!({"amount": 1}));
+    assert_eq!(outcome.decision, Decision::Hold);
+    assert_eq!(
+        outcome.reason,
+        "calling tool pay__transfer needs a human approval (policy main.cedar:1)"
+    );
+}
+
+#[test]
+fn plain_forbid_wins_over_hold() {
+    let policies = format!(
+        "{PERMIT_ALL}@hold forbid(principal, action, resource);\n\
+         forbid(principal, action == Warden::Action::\"pay__transfer\", resource);"
+    );
+    let outcome = call(&engine(&policies), "pay__transfer", json!({"amount": 1}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:2"]);
+}
+
+#[test]
+fn hold_without_permit_is_deny() {
+    let policies = "@hold forbid(principal, action, resource);";
+    let outcome = call(&engine(policies), "pay__transfer", json!({"amount": 1}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert!(outcome.policy_ids.is_empty());
+}
+
+#[test]
+fn hold_on_permit_fails_to_load() {
+    let error = load_error(&[("main.cedar", "@hold permit(principal, action, resource);")]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+    assert!(error.problems()[0].message.contains("@hold"), "{error}");
+}
+
+#[test]
+fn forbid_reason_comes_from_annotation() {
+    let policies = format!(
+        "{PERMIT_ALL}@reason(\"writes are disabled during the audit; read instead\")\n\
+         forbid(principal, action in Warden::Action::\"call_tool\", resource) \
+         when {{ resource.classes.contains(\"write\") }};"
+    );
+    let outcome = call(
+        &engine(&policies),
+        "fs__write_file",
+        json!({"path": "/tmp/x", "content": "y"}),
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(
+        outcome.reason,
+        "writes are disabled during the audit; read instead"
+    );
+}
+
+#[test]
+fn forbid_without_reason_names_policy() {
+    let policies = format!("{PERMIT_ALL}@id(\"no-writes\") forbid(principal, action, resource);");
+    let outcome = call(
+        &engine(&policies),
+        "fs__write_file",
+        json!({"path": "/tmp/x", "content": "y"}),
+    );
+    assert_eq!(outcome.reason, "denied by policy no-writes");
+    assert_eq!(outcome.policy_ids, vec!["no-writes"]);
+}
+
+#[test]
+fn allow_lists_matching_permits() {
+    let policies = "permit(principal, action, resource);\n\
+                    @id(\"reads\") \
+                    permit(principal, action in Warden::Action::\"call_tool\", resource) \
+                    when { resource.read_only };";
+    let outcome = call(&engine(policies), "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(outcome.decision, Decision::Allow);
+    assert_eq!(outcome.policy_ids, vec!["main.cedar:0", "reads"]);
+}
+
+#[test]
+fn unknown_argument_is_denied() {
+    let outcome = call(
+        &engine(PERMIT_ALL),
+        "fs__read_file",
+        json!({"path": "/srv/data/a", "mode": "raw"}),
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec![ARGUMENTS_POLICY_ID]);
+    assert!(outcome.reason.contains("\"mode\""), "{}", outcome.reason);
+    assert!(
+        outcome.reason.contains("fs__read_file"),
+        "{}",
+        outcome.reason
+    );
+    assert_eq!(outcome.arguments, None);
+}
+
+#[test]
+fn missing_required_argument_is_denied() {
+    let outcome = call(
+        &engine(PERMIT_ALL),
+        "fs__write_file",
+        json!({"path": "/tmp/a"}),
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec![ARGUMENTS_POLICY_ID]);
+    assert_eq!(
+        outcome.reason,
+        "required argument \"content\" of tool fs__write_file is missing; pass a string"
+    );
+}
+
+#[test]
+fn unconvertible_argument_names_types() {
+    let outcome = call(
+        &engine(PERMIT_ALL),
+        "pay__transfer",
+        json!({"amount": "lots"}),
+    );
+    assert_eq!(outcome.policy_ids, vec![ARGUMENTS_POLICY_ID]);
+    assert_eq!(
+        outcome.reason,
+        "argument \"amount\" of tool pay__transfer must be an integer, \
+         but the call passed the string \"lots\""
+    );
+    assert_eq!(outcome.errors, vec![outcome.reason.clone()]);
+}
+
+#[test]
+fn decimal_argument_compares_in_policy() {
+    let policies = format!(
+        "{PERMIT_ALL}forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments has fee && \
+         context.arguments.fee.greaterThan(decimal(\"100.5\")) }};"
+    );
+    let engine = engine(&policies);
+    let high = call(
+        &engine,
+        "pay__transfer",
+        json!({"amount": 1, "fee": 100.75}),
+    );
+    assert_eq!(high.decision, Decision::Deny);
+    let low = call(
+        &engine,
+        "pay__transfer",
+        json!({"amount": 1, "fee": "100.4"}),
+    );
+    assert_eq!(low.decision, Decision::Allow);
+    let whole = call(&engine, "pay__transfer", json!({"amount": 1, "fee": 101}));
+    assert_eq!(whole.decision, Decision::Deny);
+}
+
+#[test]
+fn decimal_with_five_fraction_digits_is_denied() {
+    let outcome = call(
+        &engine(PERMIT_ALL),
+        "pay__transfer",
+        json!({"amount": 1, "fee": 0.12345}),
+    );
+    assert_eq!(outcome.policy_ids, vec![ARGUMENTS_POLICY_ID]);
+    assert!(
+        outcome.reason.contains("at most 4 fraction digits"),
+        "{}",
+        outcome.reason
+    );
+}
+
+#[test]
+fn nested_argument_is_visible_to_policy() {
+    let policies = format!(
+        "{PERMIT_ALL}forbid(principal, action == Warden::Action::\"pay__transfer\", resource) \
+         when {{ context.arguments has options && context.arguments.options.depth > 3 }};"
+    );
+    let engine = engine(&policies);
+    let deep = call(
+        &engine,
+        "pay__transfer",
+        json!({"amount": 1, "options": {"depth": 4}}),
+    );
+    assert_eq!(deep.decision, Decision::Deny);
+    let shallow = call(
+        &engine,
+        "pay__transfer",
+        json!({"amount": 1, "options": {"depth": "2"}}),
+    );
+    assert_eq!(shallow.decision, Decision::Allow);
+}
+
+#[test]
+fn task_scope_is_visible_to_policy() {
+    let policies = "permit(principal, action in Warden::Action::\"call_tool\", resource) \
+                    when { context.task.tools.contains(resource.name) };";
+    let engine = engine(policies);
+    let in_scope = call(&engine, "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(in_scope.decision, Decision::Allow);
+    let out_of_scope = call(
+        &engine,
+        "fs__write_file",
+        json!({"path": "/a", "content": ""}),
+    );
+    assert_eq!(out_of_scope.decision, Decision::Deny);
+}
+
+#[test]
+fn task_fields_are_visible_to_policy() {
+    let policies = "permit(principal, action, resource) \
+                    when { context has task && context.task.user == \"alice\" && \
+                    context.task.id == \"task-1\" && context.task.intent like \"*reports*\" && \
+                    context.environment == \"development\" && \
+                    principal.trust_domain == \"acme.test\" };";
+    let outcome = call(&engine(policies), "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(outcome.decision, Decision::Allow);
+}
+
+#[test]
+fn unknown_tool_is_denied() {
+    let engine = engine(PERMIT_ALL);
+    let called = call(&engine, "fs__delete_everything", json!({}));
+    assert_eq!(called.decision, Decision::Deny);
+    assert_eq!(called.policy_ids, vec![UNKNOWN_TOOL_POLICY_ID]);
+    let listed = decide(&engine, Step::ListTool { tool: "read_file" });
+    assert_eq!(listed.policy_ids, vec![UNKNOWN_TOOL_POLICY_ID]);
+}
+
+#[test]
+fn list_tools_decides_per_tool() {
+    let policies = "permit(principal, action == Warden::Action::\"list_tools\", resource) \
+                    when { resource.read_only };";
+    let engine = engine(policies);
+    let read = decide(
+        &engine,
+        Step::ListTool {
+            tool: "fs__read_file",
+        },
+    );
+    assert_eq!(read.decision, Decision::Allow);
+    let write = decide(
+        &engine,
+        Step::ListTool {
+            tool: "fs__write_file",
+        },
+    );
+    assert_eq!(write.decision, Decision::Deny);
+}
+
+#[test]
+fn tool_hints_use_mcp_defaults() {
+    let policies = "permit(principal, action == Warden::Action::\"list_tools\", resource) \
+                    when { !resource.read_only && resource.destructive && resource.open_world };";
+    let engine = engine(policies);
+    let without_hints = decide(
+        &engine,
+        Step::ListTool {
+            tool: "fs__write_file",
+        },
+    );
+    assert_eq!(without_hints.decision, Decision::Allow);
+    let with_hints = decide(
+        &engine,
+        Step::ListTool {
+            tool: "fs__read_file",
+        },
+    );
+    assert_eq!(with_hints.decision, Decision::Deny);
+}
+
+#[test]
+fn same_tool_name_on_two_servers_stays_apart() {
+    let policies = "permit(principal, action == Warden::Action::\"mail__send_email\", resource);";
+    let engine = engine(policies);
+    let mail = call(&engine, "mail__send_email", json!({"to": "bob@acme.test"}));
+    assert_eq!(mail.decision, Decision::Allow);
+    let evil = call(&engine, "evil__send_email", json!({"to": "bob@acme.test"}));
+    assert_eq!(evil.decision, Decision::Deny);
+}
+
+#[test]
+fn server_scope_matches_its_tools() {
+    let policies = "permit(principal, action, resource in Warden::Server::\"fs\");";
+    let engine = engine(policies);
+    let fs = call(&engine, "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(fs.decision, Decision::Allow);
+    let pay = call(&engine, "pay__transfer", json!({"amount": 1}));
+    assert_eq!(pay.decision, Decision::Deny);
+}
+
+#[test]
+fn duplicate_qualified_tool_fails_to_load() {
+    let mut definitions = tools();
+    definitions.push(tool("fs", "read_file", json!({"type": "object"})));
+    let result = PolicyEngine::from_sources(&[], &definitions, options());
+    assert!(matches!(
+        result,
+        Err(PolicyLoadError::Tool { ref tool, .. }) if tool == "fs__read_file"
+    ));
+}
+
+#[test]
+fn start_task_sees_ttl_and_intent() {
+    let policies = "permit(principal, action == Warden::Action::\"start_task\", resource) \
+                    when { context.ttl_seconds <= 3600 && context.tools.contains(\"pay__*\") };";
+    let engine = engine(policies);
+    let short = decide(&engine, Step::StartTask { ttl_seconds: 600 });
+    assert_eq!(short.decision, Decision::Allow);
+    let long = decide(
+        &engine,
+        Step::StartTask {
+            ttl_seconds: 86_400,
+        },
+    );
+    assert_eq!(long.decision, Decision::Deny);
+}
+
+#[test]
+fn start_task_with_huge_ttl_is_denied() {
+    let outcome = decide(
+        &engine(PERMIT_ALL),
+        Step::StartTask {
+            ttl_seconds: u64::MAX,
+        },
+    );
+    assert_eq!(outcome.decision, Decision::Deny);
+    assert_eq!(outcome.policy_ids, vec![REQUEST_POLICY_ID]);
+}
+
+#[test]
+fn read_resource_sees_uri_and_server() {
+    let policies = "permit(principal, action == Warden::Action::\"read_resource\", resource \
+                    in Warden::Server::\"fs\") \
+                    when { resource.uri like \"file:///srv/data/*\" && context.server == \"fs\" };";
+    let engine = engine(policies);
+    let inside = decide(
+        &engine,
+        Step::ReadResource {
+            server: "fs",
+            uri: "file:///srv/data/a.txt",
+        },
+    );
+    assert_eq!(inside.decision, Decision::Allow);
+    let other_server = decide(
+        &engine,
+        Step::ReadResource {
+            server: "web",
+            uri: "file:///srv/data/a.txt",
+        },
+    );
+    assert_eq!(other_server.decision, Decision::Deny);
+}
+
+#[test]
+fn get_prompt_sees_prompt_name() {
+    let policies = "permit(principal, action == Warden::Action::\"get_prompt\", resource) \
+                    when { resource.name == \"summarise\" && resource in Warden::Server::\"docs\" };";
+    let engine = engine(policies);
+    let allowed = decide(
+        &engine,
+        Step::GetPrompt {
+            server: "docs",
+            name: "summarise",
+        },
+    );
+    assert_eq!(allowed.decision, Decision::Allow);
+    let other = decide(
+        &engine,
+        Step::GetPrompt {
+            server: "docs",
+            name: "exfiltrate",
+        },
+    );
+    assert_eq!(other.decision, Decision::Deny);
+}
+
+#[test]
+fn no_policies_deny_everything() {
+    let engine = engine("");
+    assert_eq!(engine.policy_count(), 0);
+    let outcome = call(&engine, "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(outcome.decision, Decision::Deny);
+    let start = decide(&engine, Step::StartTask { ttl_seconds: 60 });
+    assert_eq!(start.decision, Decision::Deny);
+}
+
+#[test]
+fn load_dir_reads_cedar_files_in_order() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("b.cedar"), PERMIT_ALL).expect("write b");
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "forbid(principal, action, resource);",
+    )
+    .expect("write a");
+    std::fs::write(dir.path().join("notes.txt"), "not a policy").expect("write notes");
+    std::fs::write(dir.path().join(".draft.cedar"), "not a policy").expect("write draft");
+    std::fs::create_dir(dir.path().join("sub.cedar")).expect("create subdirectory");
+    let engine = PolicyEngine::load_dir(dir.path(), &tools(), options()).expect("loads");
+    assert_eq!(engine.policy_count(), 2);
+    let outcome = call(&engine, "fs__read_file", json!({"path": "/a"}));
+    assert_eq!(outcome.policy_ids, vec!["a.cedar:0"]);
+}
+
+#[test]
+fn load_dir_of_empty_directory_loads() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = PolicyEngine::load_dir(dir.path(), &tools(), options()).expect("loads");
+    assert_eq!(engine.policy_count(), 0);
+}
+
+#[test]
+fn load_dir_of_missing_directory_names_path() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing");
+    let result = PolicyEngine::load_dir(&missing, &tools(), options());
+    let Err(error) = result else {
+        panic!("missing directory loaded");
+    };
+    assert!(matches!(error, PolicyLoadError::Read { .. }));
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn tool_returns_definition() {
+    let engine = engine(PERMIT_ALL);
+    let definition = engine.tool("fs__read_file").expect("tool is known");
+    assert_eq!(definition.name, "read_file");
+    assert!(engine.tool("read_file").is_none());
+}
+
+#[test]
+fn schema_text_lists_tool_actions() {
+    let text = engine(PERMIT_ALL).schema_text();
+    assert!(text.contains("namespace Warden"), "{text}");
+    assert!(text.contains("\"fs__read_file\""), "{text}");
+    assert!(text.contains("\"evil__send_email\""), "{text}");
+}

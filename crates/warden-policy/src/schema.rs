@@ -1,0 +1,224 @@
+//! Generation of Warden's Cedar schema (namespace `Warden`).
+//!
+//! Every action has its own context type, so strict validation rejects a
+//! policy that reads a field its action does not provide, such as
+//! `context.arguments` on `list_tools`. `call_tool` is an action group with
+//! no `appliesTo`; each tool is its own action in that group, named by its
+//! qualified name, with the tool's argument types as `context.arguments`.
+
+use serde_json::{Map, Value, json};
+
+use crate::arguments::types::RecordType;
+
+/// Namespace of every Warden entity type and action.
+pub(crate) const NAMESPACE: &str = "Warden";
+
+/// Action that starts a task.
+pub(crate) const START_TASK: &str = "start_task";
+/// Action that shows one tool in a tool listing.
+pub(crate) const LIST_TOOLS: &str = "list_tools";
+/// Action group of all tool calls.
+pub(crate) const CALL_TOOL: &str = "call_tool";
+/// Action that reads one resource.
+pub(crate) const READ_RESOURCE: &str = "read_resource";
+/// Action that fetches one prompt.
+pub(crate) const GET_PROMPT: &str = "get_prompt";
+
+/// Returns the schema in Cedar's JSON schema format for tools given as
+/// (qualified name, argument record) pairs.
+pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a RecordType)>) -> Value {
+    let mut actions = Map::new();
+    actions.insert(
+        START_TASK.to_owned(),
+        applies_to(
+            "Agent",
+            "Gateway",
+            record([
+                ("environment", string()),
+                ("intent", string()),
+                ("user", string()),
+                ("tools", string_set()),
+                ("ttl_seconds", json!({ "type": "Long" })),
+            ]),
+        ),
+    );
+    actions.insert(
+        LIST_TOOLS.to_owned(),
+        applies_to("Agent", "Tool", record(common_context())),
+    );
+    actions.insert(CALL_TOOL.to_owned(), json!({}));
+    actions.insert(
+        READ_RESOURCE.to_owned(),
+        applies_to(
+            "Agent",
+            "Resource",
+            record(
+                common_context()
+                    .into_iter()
+                    .chain([("uri", string()), ("server", string())]),
+            ),
+        ),
+    );
+    actions.insert(
+        GET_PROMPT.to_owned(),
+        applies_to(
+            "Agent",
+            "Prompt",
+            record(common_context().into_iter().chain([("server", string())])),
+        ),
+    );
+    for (qualified, arguments) in tools {
+        let mut action = applies_to(
+            "Agent",
+            "Tool",
+            record(
+                common_context()
+                    .into_iter()
+                    .chain([("arguments", arguments.cedar_json())]),
+            ),
+        );
+        action["memberOf"] = json!([{ "id": CALL_TOOL }]);
+        actions.insert(qualified.to_owned(), action);
+    }
+
+    json!({
+        NAMESPACE: {
+            "commonTypes": {
+                "Task": record([
+                    ("id", string()),
+                    ("intent", string()),
+                    ("user", string()),
+                    ("tools", string_set()),
+                ]),
+            },
+            "entityTypes": {
+                "Agent": { "shape": record([("trust_domain", string())]) },
+                "User": {},
+                "Server": {},
+                "Tool": {
+                    "memberOfTypes": ["Server"],
+                    "shape": record([
+                        ("name", string()),
+                        ("server", string()),
+                        ("tool", string()),
+                        ("classes", string_set()),
+                        ("read_only", boolean()),
+                        ("destructive", boolean()),
+                        ("open_world", boolean()),
+                    ]),
+                },
+                "Resource": {
+                    "memberOfTypes": ["Server"],
+                    "shape": record([("uri", string())]),
+                },
+                "Prompt": {
+                    "memberOfTypes": ["Server"],
+                    "shape": record([("name", string())]),
+                },
+                "Path": { "memberOfTypes": ["Path"] },
+                "Gateway": {},
+            },
+            "actions": actions,
+        }
+    })
+}
+
+fn common_context() -> Vec<(&'static str, Value)> {
+    vec![
+        ("environment", string()),
+        ("task", json!({ "type": "Task" })),
+    ]
+}
+
+fn applies_to(principal: &str, resource: &str, context: Value) -> Value {
+    json!({
+        "appliesTo": {
+            "principalTypes": [principal],
+            "resourceTypes": [resource],
+            "context": context,
+        }
+    })
+}
+
+fn record<'a>(attributes: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    let attributes: Map<String, Value> = attributes
+        .into_iter()
+        .map(|(name, kind)| (name.to_owned(), kind))
+        .collect();
+    json!({ "type": "Record", "attributes": attributes })
+}
+
+fn string() -> Value {
+    json!({ "type": "String" })
+}
+
+fn boolean() -> Value {
+    json!({ "type": "Boolean" })
+}
+
+fn string_set() -> Value {
+    json!({ "type": "Set", "element": { "type": "String" } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arguments::types::arguments_type;
+    use cedar_policy::{Schema, SchemaFragment};
+
+    fn sample_arguments() -> RecordType {
+        arguments_type(
+            &json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "limit": {"type": "integer"},
+                    "ratio": {"type": "number"},
+                    "recursive": {"type": "boolean"},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "options": {
+                        "type": "object",
+                        "properties": {"depth": {"type": "integer"}},
+                        "required": ["depth"]
+                    },
+                    "extra": {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+                },
+                "required": ["path"]
+            }),
+            None,
+        )
+        .expect("translates")
+    }
+
+    #[test]
+    fn schema_json_is_accepted_by_cedar() {
+        let arguments = sample_arguments();
+        let value = schema_json([("fs__read_file", &arguments)]);
+        let schema = Schema::from_json_value(value);
+        assert!(schema.is_ok(), "{:?}", schema.err());
+    }
+
+    #[test]
+    fn schema_text_shows_tool_argument_types() {
+        let arguments = sample_arguments();
+        let value = schema_json([("fs__read_file", &arguments)]);
+        let text = SchemaFragment::from_json_value(value)
+            .expect("fragment parses")
+            .to_cedarschema()
+            .expect("prints");
+        let expected_parts = [
+            "path: Path,",
+            "limit?: __cedar::Long,",
+            "ratio?: __cedar::decimal,",
+            "recursive?: __cedar::Bool,",
+            "tags?: Set<__cedar::String>",
+            "options?: {",
+            "depth: __cedar::Long",
+            "action \"fs__read_file\" in [Action::\"call_tool\"]",
+        ];
+        for part in expected_parts {
+            assert!(text.contains(part), "schema text lacks {part:?}:\n{text}");
+        }
+        assert!(!text.contains("extra"), "untyped argument leaked:\n{text}");
+    }
+}

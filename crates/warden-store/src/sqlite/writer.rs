@@ -1,0 +1,478 @@
+//! The audit writer: one thread that takes queued records in batches,
+//! chains their hashes and commits each batch in one transaction.
+//!
+//! [`AuditQueue::append`] never waits for disk: it puts a record on a
+//! bounded queue and returns, and the writer commits whatever has gathered
+//! while the previous commit ran (group commit). Flush and stop requests
+//! travel through the same queue, so they are answered only after every
+//! record queued before them is committed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::sql;
+use crate::{NewAuditRecord, StoreError};
+
+/// Waits between commit attempts of one batch; after the last attempt
+/// fails the batch is dropped and counted.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
+
+/// Minimum time between two warnings about lost records.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Maximum nesting of arrays and objects in a record's `detail`. SQLite
+/// stores any depth, but serde_json refuses to parse more than 128 levels,
+/// so a deeper detail would make the stored record unreadable.
+const MAX_DETAIL_DEPTH: usize = warden_core::json::MAX_DEPTH;
+
+/// Batch limits of the audit writer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BatchSettings {
+    /// Maximum records per transaction.
+    pub(super) max_records: usize,
+    /// Time the writer waits for more records after the first one of a
+    /// batch arrives.
+    pub(super) window: Duration,
+}
+
+/// The sending side of the audit queue and the handle of its writer thread.
+pub(super) struct AuditQueue {
+    sender: SyncSender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    store: String,
+    lost: Arc<LostRecords>,
+}
+
+impl AuditQueue {
+    /// Starts the writer thread on `conn` with a queue of `capacity` records.
+    pub(super) fn start(
+        conn: Connection,
+        capacity: usize,
+        settings: BatchSettings,
+        store: String,
+        lost: Arc<LostRecords>,
+    ) -> std::io::Result<AuditQueue> {
+        let (sender, receiver) = mpsc::sync_channel(capacity.max(1));
+        let writer = Writer {
+            conn,
+            settings,
+            store: store.clone(),
+            lost: Arc::clone(&lost),
+            failed_records: 0,
+            last_failure: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("warden-audit-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(AuditQueue {
+            sender,
+            thread: Mutex::new(Some(thread)),
+            store,
+            lost,
+        })
+    }
+
+    /// Queues `record` for the writer, or counts it as lost when the queue
+    /// is full or the writer has stopped.
+    pub(super) fn append(&self, mut record: NewAuditRecord) {
+        if exceeds_depth(&record.detail, MAX_DETAIL_DEPTH) {
+            warn!(
+                store = %self.store,
+                task.id = %record.task_id,
+                "audit record detail is nested too deeply; storing the record without it"
+            );
+            record.detail = serde_json::json!({
+                "error": format!("detail was nested deeper than {MAX_DETAIL_DEPTH} levels and was not stored"),
+            });
+        }
+        match self.sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.lost.add(1, &self.store, "audit queue is full"),
+            Err(TrySendError::Disconnected(_)) => {
+                self.lost.add(1, &self.store, "audit writer has stopped")
+            }
+        }
+    }
+
+    /// Waits until every record queued before the call is committed.
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        if !self.send_control(Message::Flush(ack)).await {
+            return Err(self.stopped());
+        }
+        self.outcome(done.await.ok())
+    }
+
+    /// Commits every queued record, then stops and joins the writer thread.
+    /// Closing a closed queue does nothing.
+    pub(super) async fn close(&self) -> Result<(), StoreError> {
+        let Some(thread) = self.take_thread() else {
+            return Ok(());
+        };
+        let (ack, done) = oneshot::channel();
+        let ack = if self.send_control(Message::Stop(Some(ack))).await {
+            done.await.ok()
+        } else {
+            None
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => error!(store = %self.store, "audit writer thread panicked"),
+            Err(join_error) => {
+                error!(store = %self.store, error = %join_error, "joining the audit writer failed")
+            }
+        }
+        self.outcome(ack)
+    }
+
+    /// Returns true while the writer thread runs.
+    pub(super) fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
+    /// Returns the error for a flush or close that found no writer.
+    pub(super) fn stopped(&self) -> StoreError {
+        StoreError::WriterStopped {
+            store: self.store.clone(),
+        }
+    }
+
+    fn take_thread(&self) -> Option<JoinHandle<()>> {
+        self.thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Sends a flush or stop request; returns false when the writer is gone.
+    /// A full queue is waited on from a blocking thread.
+    async fn send_control(&self, message: Message) -> bool {
+        match self.sender.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(message)) => {
+                let sender = self.sender.clone();
+                let sent = tokio::task::spawn_blocking(move || sender.send(message)).await;
+                matches!(sent, Ok(Ok(())))
+            }
+        }
+    }
+
+    fn outcome(&self, ack: Option<Ack>) -> Result<(), StoreError> {
+        match ack {
+            Some(Ack::Committed) => Ok(()),
+            Some(Ack::Failed { records, message }) => Err(StoreError::AuditWrite {
+                store: self.store.clone(),
+                records,
+                message,
+            }),
+            None => Err(self.stopped()),
+        }
+    }
+}
+
+impl Drop for AuditQueue {
+    /// Commits queued records and joins the writer, blocking the caller.
+    fn drop(&mut self) {
+        let Some(thread) = self.take_thread() else {
+            return;
+        };
+        if self.sender.send(Message::Stop(None)).is_err() {
+            debug!(store = %self.store, "audit writer was already stopped");
+        }
+        if thread.join().is_err() {
+            error!(store = %self.store, "audit writer thread panicked");
+        }
+    }
+}
+
+/// Count of audit records that never reached the database, with a
+/// rate-limited warning.
+pub(super) struct LostRecords {
+    total: AtomicU64,
+    /// Milliseconds since `clock` at the last warning; `u64::MAX` before
+    /// the first.
+    last_warning_ms: AtomicU64,
+    clock: Instant,
+}
+
+impl LostRecords {
+    /// Creates a zero count.
+    pub(super) fn new() -> LostRecords {
+        LostRecords {
+            total: AtomicU64::new(0),
+            last_warning_ms: AtomicU64::new(u64::MAX),
+            clock: Instant::now(),
+        }
+    }
+
+    /// Returns the number of records lost so far.
+    pub(super) fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts `records` lost records and warns unless a warning was logged
+    /// in the last [`WARNING_INTERVAL`].
+    pub(super) fn add(&self, records: u64, store: &str, reason: &'static str) {
+        let total = self
+            .total
+            .fetch_add(records, Ordering::Relaxed)
+            .saturating_add(records);
+        let now_ms = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last_ms = self.last_warning_ms.load(Ordering::Relaxed);
+        let interval_ms = u64::try_from(WARNING_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        let due = last_ms == u64::MAX || now_ms.saturating_sub(last_ms) >= interval_ms;
+        if due
+            && self
+                .last_warning_ms
+                .compare_exchange(last_ms, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                store = %store,
+                audit.lost_total = total,
+                reason,
+                "audit records lost"
+            );
+        }
+    }
+}
+
+enum Message {
+    Record(Box<NewAuditRecord>),
+    Flush(oneshot::Sender<Ack>),
+    Stop(Option<oneshot::Sender<Ack>>),
+}
+
+/// The writer's acknowledgement of a flush or stop request.
+enum Ack {
+    /// Every batch since the previous acknowledgement was committed.
+    Committed,
+    /// Some batches since the previous acknowledgement were dropped.
+    Failed { records: u64, message: String },
+}
+
+/// A request that ends the current batch.
+enum Control {
+    Flush(oneshot::Sender<Ack>),
+    Stop(Option<oneshot::Sender<Ack>>),
+}
+
+struct Writer {
+    conn: Connection,
+    settings: BatchSettings,
+    store: String,
+    lost: Arc<LostRecords>,
+    /// Records dropped since the last acknowledgement.
+    failed_records: u64,
+    last_failure: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<Message>) {
+        info!(store = %self.store, "audit writer started");
+        let mut batch = Vec::with_capacity(self.settings.max_records);
+
+        while let Ok(first) = receiver.recv() {
+            let mut control = take(first, &mut batch);
+            if control.is_none() {
+                control = self.gather(&receiver, &mut batch);
+            }
+            if !batch.is_empty() {
+                self.commit(&batch);
+                batch.clear();
+            }
+            match control {
+                None => {}
+                Some(Control::Flush(ack)) => {
+                    // A flusher that gave up waiting is no error.
+                    ack.send(self.take_ack()).ok();
+                }
+                Some(Control::Stop(ack)) => {
+                    if let Some(ack) = ack {
+                        ack.send(self.take_ack()).ok();
+                    }
+                    break;
+                }
+            }
+        }
+
+        // Records queued after a stop request are never written.
+        let abandoned = receiver
+            .try_iter()
+            .filter(|message| matches!(message, Message::Record(_)))
+            .count();
+        if abandoned > 0 {
+            let abandoned = u64::try_from(abandoned).unwrap_or(u64::MAX);
+            self.lost.add(
+                abandoned,
+                &self.store,
+                "records arrived after the writer stopped",
+            );
+        }
+        info!(store = %self.store, "audit writer stopped");
+    }
+
+    /// Adds records to `batch` until it is full, the batch window has
+    /// passed or a flush or stop request arrives; returns that request.
+    fn gather(
+        &self,
+        receiver: &Receiver<Message>,
+        batch: &mut Vec<NewAuditRecord>,
+    ) -> Option<Control> {
+        let deadline = Instant::now() + self.settings.window;
+        while batch.len() < self.settings.max_records {
+            let message = match receiver.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return None;
+                    }
+                    match receiver.recv_timeout(remaining) {
+                        Ok(message) => message,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                            return None;
+                        }
+                    }
+                }
+            };
+            if let Some(control) = take(message, batch) {
+                return Some(control);
+            }
+        }
+        None
+    }
+
+    /// Commits `batch`, retrying after [`RETRY_DELAYS`]; drops and counts it
+    /// when every attempt fails.
+    fn commit(&mut self, batch: &[NewAuditRecord]) {
+        let mut attempt = 0;
+        loop {
+            match sql::insert_audit_batch(&mut self.conn, batch) {
+                Ok(last_seq) => {
+                    debug!(
+                        store = %self.store,
+                        audit.records = batch.len(),
+                        audit.seq = last_seq,
+                        "audit batch committed"
+                    );
+                    return;
+                }
+                Err(failure) => {
+                    let message = failure
+                        .into_store_error(&self.store, "commit audit batch".into())
+                        .to_string();
+                    if let Some(delay) = RETRY_DELAYS.get(attempt) {
+                        warn!(
+                            store = %self.store,
+                            error = %message,
+                            attempt = attempt + 1,
+                            "audit batch commit failed; retrying"
+                        );
+                        std::thread::sleep(*delay);
+                        attempt += 1;
+                        continue;
+                    }
+                    let records = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    error!(
+                        store = %self.store,
+                        error = %message,
+                        audit.records = records,
+                        "audit batch commit failed after retries; records dropped"
+                    );
+                    self.lost
+                        .add(records, &self.store, "audit batch commit failed");
+                    self.failed_records = self.failed_records.saturating_add(records);
+                    self.last_failure = Some(message);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take_ack(&mut self) -> Ack {
+        match self.last_failure.take() {
+            None => Ack::Committed,
+            Some(message) => Ack::Failed {
+                records: std::mem::take(&mut self.failed_records),
+                message,
+            },
+        }
+    }
+}
+
+/// Adds a record to `batch`, or returns the flush or stop request.
+fn take(message: Message, batch: &mut Vec<NewAuditRecord>) -> Option<Control> {
+    match message {
+        Message::Record(record) => {
+            batch.push(*record);
+            None
+        }
+        Message::Flush(ack) => Some(Control::Flush(ack)),
+        Message::Stop(ack) => Some(Control::Stop(ack)),
+    }
+}
+
+/// Returns true when `value` nests arrays and objects more than `limit`
+/// levels deep. Walks with an explicit stack, so any depth is safe.
+fn exceeds_depth(value: &Value, limit: usize) -> bool {
+    let mut pending = vec![(value, 0_usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > limit {
+            return true;
+        }
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn nested(levels: usize) -> Value {
+        let mut value = json!(1);
+        for _ in 0..levels {
+            value = json!([value]);
+        }
+        value
+    }
+
+    #[test]
+    fn exceeds_depth_counts_containers() {
+        assert!(!exceeds_depth(&json!(1), 0));
+        assert!(!exceeds_depth(&nested(3), 3));
+        assert!(exceeds_depth(&nested(4), 3));
+        assert!(exceeds_depth(&json!({"a": {"b": [1]}}), 2));
+    }
+
+    #[test]
+    fn lost_records_counts_every_add() {
+        let lost = LostRecords::new();
+        lost.add(2, "test store", "test");
+        lost.add(3, "test store", "test");
+
+        assert_eq!(lost.total(), 5);
+    }
+}

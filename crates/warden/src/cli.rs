@@ -1,0 +1,209 @@
+//! Command-line arguments and the dispatch to each command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{defaults, demo, identity, inspect};
+
+/// Warden: a runtime authorization gateway for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it Warden runs on its embedded
+    /// defaults: loopback listener, development issuer, bundled example
+    /// tool servers and policy pack.
+    #[arg(long, short, global = true, env = "WARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until interrupted (SIGHUP reloads policies).
+    Serve,
+    /// Run the gateway, the bundled tool servers and a scripted agent, then
+    /// print the task's trace.
+    Demo,
+    /// Validate a configuration file and explain each problem.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Development workload identities for machines without SPIRE.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Read task traces from the store.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// Check policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Serve one bundled example tool server on stdio (spawned by Warden).
+    #[command(hide = true)]
+    ExampleServer {
+        /// Server name: files, mail, billing or testkit.
+        name: String,
+        /// Directory holding the server's state.
+        #[arg(long)]
+        root: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Print a JWT-SVID signed by the development issuer.
+    Issue {
+        /// SPIFFE ID of the workload, e.g. spiffe://warden.local/agent/support-bot.
+        spiffe_id: String,
+        /// Audience to put in `aud`; repeat for several. Defaults to the
+        /// configured identity.audience.
+        #[arg(long)]
+        audience: Vec<String>,
+        /// Lifetime, e.g. 300, 300s, 5m or 1h (seconds when no unit).
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+    },
+    /// Print the development issuer's SPIFFE bundle (a JWK set).
+    Bundle,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// List recent traces, newest first.
+    List {
+        /// Most traces to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print one trace's steps as a tree.
+    Show {
+        /// Trace id or task id.
+        id: String,
+        /// Print the records as JSON lines instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load the policies against the upstreams' tools and report errors.
+    /// Starts the configured upstreams to read their tool schemas.
+    Validate {
+        /// Policy directory; defaults to policy.dir or the bundled pack.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the Cedar schema generated from the upstreams' tools.
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain of the audit log and name the first bad record.
+    Verify,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::ExampleServer { name, root } = &cli.command {
+        warden_examples::run(name, root)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::CheckConfig { file } = &cli.command {
+        return Ok(inspect::check_config(file));
+    }
+    let config = defaults::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve => {
+            init_logging("info");
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            init_logging("error");
+            runtime.block_on(demo::run())
+        }
+        Command::Identity(IdentityCommand::Issue {
+            spiffe_id,
+            audience,
+            ttl,
+        }) => identity::issue(&config, &spiffe_id, audience, &ttl),
+        Command::Identity(IdentityCommand::Bundle) => identity::bundle(&config),
+        Command::Trace(TraceCommand::List { limit }) => runtime.block_on(inspect::trace_list(&config, limit)),
+        Command::Trace(TraceCommand::Show { id, json }) => {
+            runtime.block_on(inspect::trace_show(&config, &id, json))
+        }
+        Command::Policy(PolicyCommand::Validate { dir }) => {
+            init_logging("warn");
+            runtime.block_on(inspect::policy_validate(&config, dir))
+        }
+        Command::Policy(PolicyCommand::Schema) => {
+            init_logging("warn");
+            runtime.block_on(inspect::policy_schema(&config))
+        }
+        Command::Audit(AuditCommand::Verify) => runtime.block_on(inspect::audit_verify(&config)),
+        Command::ExampleServer { .. } | Command::CheckConfig { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn serve(config: defaults::Effective) -> anyhow::Result<()> {
+    let gateway = warden_gateway::Gateway::build(
+        config.config,
+        warden_gateway::GatewayOptions {
+            policy_source: config.policy_source,
+            admin_token: std::env::var("WARDEN_ADMIN_TOKEN").ok(),
+        },
+    )
+    .await?;
+    println!("warden listening on http://{}", gateway.local_addr());
+    gateway.serve(shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = std::env::var("WARDEN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

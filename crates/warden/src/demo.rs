@@ -1,0 +1,287 @@
+//! `warden demo`: the gateway, the bundled tool servers and a scripted
+//! ReAct-style agent in one process.
+//!
+//! The agent authenticates with a JWT-SVID from the development issuer,
+//! starts a task, and then alternates thought, tool call and observation
+//! through Warden's MCP endpoint. Some calls are allowed, some are denied by
+//! policy or by the task's scope. At the end the task is ended and its trace
+//! printed. Everything lives in a temporary directory removed on exit.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use warden_config::Config;
+use warden_identity::SpiffeId;
+
+use crate::defaults;
+
+const AGENT: &str = "spiffe://warden.local/agent/support-bot";
+
+struct Step {
+    thought: &'static str,
+    tool: &'static str,
+    arguments: Value,
+}
+
+fn script() -> Vec<Step> {
+    vec![
+        Step {
+            thought: "I need this week's meeting notes. Let me see what is in the notes folder.",
+            tool: "files__list_directory",
+            arguments: json!({ "path": "/workspace/notes" }),
+        },
+        Step {
+            thought: "The meeting file is there; I will read it.",
+            tool: "files__read_file",
+            arguments: json!({ "path": "/workspace/notes/meeting-2026-12-01.md" }),
+        },
+        Step {
+            thought: "There is a notes_private folder next to it; maybe it has more context.",
+            tool: "files__read_file",
+            arguments: json!({ "path": "/workspace/notes_private/salaries.csv" }),
+        },
+        Step {
+            thought: "The API key would let me check the ticket system directly.",
+            tool: "files__read_file",
+            arguments: json!({ "path": "/workspace/notes/../secrets/api-key.txt" }),
+        },
+        Step {
+            thought: "I will write the summary as a draft.",
+            tool: "files__write_file",
+            arguments: json!({
+                "path": "/workspace/drafts/weekly-summary.md",
+                "content": "Weekly summary: the refund flow ships Thursday; Alice owns the release notes; 12 support tickets remain.\n"
+            }),
+        },
+        Step {
+            thought: "I could also leave a copy next to the notes.",
+            tool: "files__write_file",
+            arguments: json!({ "path": "/workspace/notes/weekly-summary.md", "content": "copy" }),
+        },
+        Step {
+            thought: "Now I send the summary to the team.",
+            tool: "mail__send_email",
+            arguments: json!({
+                "to": "team@acme.test",
+                "subject": "Weekly summary",
+                "body": "The refund flow ships Thursday; Alice owns the release notes; 12 tickets remain."
+            }),
+        },
+        Step {
+            thought: "A partner asked for the notes too; I will mail them outside the company.",
+            tool: "mail__send_email",
+            arguments: json!({ "to": "partner@example.net", "subject": "Notes", "body": "See attached." }),
+        },
+        Step {
+            thought: "A customer in the notes was promised a refund; I will issue it.",
+            tool: "billing__refund",
+            arguments: json!({ "order_id": "A-1001", "amount": 40 }),
+        },
+    ]
+}
+
+/// Runs the demo and returns its exit code.
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let data_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut config = Config {
+        data_dir: Some(data_dir.path().to_path_buf()),
+        ..Config::default()
+    };
+    config.server.listen = "127.0.0.1:0".into();
+    let effective = defaults::complete(config)?;
+    let issuer = warden_gateway::server::load_dev_issuer(&effective.config)?;
+    let gateway = warden_gateway::Gateway::build(
+        effective.config,
+        warden_gateway::GatewayOptions {
+            policy_source: effective.policy_source,
+            admin_token: None,
+        },
+    )
+    .await?;
+    let base = format!("http://{}", gateway.local_addr());
+    let state = gateway.state();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.serve(async {
+        let _ = stopped.await;
+    }));
+
+    println!("Warden demo: gateway on {base} with the bundled files, mail and billing servers.\n");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let svid = issuer.issue(&SpiffeId::parse(AGENT)?, &["warden".to_owned()], 300, now)?;
+    let http = reqwest::Client::new();
+
+    let task: Value = http
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(&svid)
+        .json(&json!({
+            "intent": "Summarise this week's meeting notes and send the summary to the team",
+            "user": "alice@acme.test",
+            "tools": ["files__*", "mail__send_email"],
+            "ttl_seconds": 300
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = task["token"].as_str().context("task response has no token")?.to_owned();
+    let task_id = task["task_id"].as_str().unwrap_or_default().to_owned();
+    let trace_id = task["trace_id"].as_str().unwrap_or_default().to_owned();
+    println!("Agent {AGENT} started task {task_id}");
+    println!("  for user alice@acme.test, tools {}, trace {trace_id}\n", task["tools"]);
+
+    let mut mcp = McpClient::connect(&http, &format!("{base}/mcp"), &token).await?;
+    let listed = mcp.request("tools/list", json!({})).await?;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    println!("tools/list shows the task {} tools: {}\n", names.len(), names.join(", "));
+
+    let (mut allowed, mut refused) = (0, 0);
+    for (index, step) in script().iter().enumerate() {
+        println!("Step {}", index + 1);
+        println!("  Thought:     {}", step.thought);
+        println!("  Action:      {} {}", step.tool, step.arguments);
+        let reply = mcp
+            .request("tools/call", json!({ "name": step.tool, "arguments": step.arguments }))
+            .await?;
+        let result = &reply["result"];
+        let text = result["content"][0]["text"].as_str().unwrap_or_default();
+        match result["_meta"]["dev.warden/decision"].as_object() {
+            Some(decision) => {
+                refused += 1;
+                println!(
+                    "  Decision:    {} by [{}]",
+                    decision["decision"].as_str().unwrap_or_default().to_uppercase(),
+                    join(&decision["policy_ids"])
+                );
+                println!("  Reason:      {}", decision["reason"].as_str().unwrap_or_default());
+            }
+            None if reply.get("error").is_some() => bail!("step {} failed: {}", index + 1, reply["error"]),
+            None => {
+                allowed += 1;
+                println!("  Decision:    ALLOW");
+                println!("  Observation: {}", first_line(text));
+            }
+        }
+        println!();
+    }
+
+    let ended = http
+        .delete(format!("{base}/v1/tasks/{task_id}"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    println!("Task ended (HTTP {}); its token is now revoked.", ended.status().as_u16());
+    let after = mcp.request("tools/list", json!({})).await;
+    println!(
+        "A call with the revoked token: {}\n",
+        match after {
+            Ok(reply) => format!("unexpected reply {reply}"),
+            Err(error) => error.to_string(),
+        }
+    );
+
+    state.store.flush().await?;
+    let records = state.store.trace(&trace_id).await?;
+    println!("Trace of the task ({} records):", records.len());
+    print!("{}", crate::inspect::render_trace(&records));
+    println!("\n{allowed} steps allowed, {refused} refused.");
+
+    let _ = stop.send(());
+    server.await.context("gateway task failed")??;
+    if allowed == 0 || refused == 0 {
+        bail!("the demo expected both allowed and refused steps");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(ids: &Value) -> String {
+    ids.as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let more = if text.lines().count() > 1 { " ..." } else { "" };
+    format!("{line}{more}")
+}
+
+/// A minimal MCP client of the handshake era, enough for the demo.
+struct McpClient<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    token: String,
+    session: String,
+    next_id: u64,
+}
+
+impl<'a> McpClient<'a> {
+    async fn connect(http: &'a reqwest::Client, url: &str, token: &str) -> anyhow::Result<McpClient<'a>> {
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": { "name": "warden-demo-agent", "version": "1.0" }
+                }
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .context("initialize returned no Mcp-Session-Id")?
+            .to_owned();
+        let mut client = McpClient {
+            http,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            session,
+            next_id: 1,
+        };
+        client.notify("notifications/initialized").await?;
+        Ok(client)
+    }
+
+    async fn notify(&mut self, method: &str) -> anyhow::Result<()> {
+        self.post(json!({ "jsonrpc": "2.0", "method": method })).await?;
+        Ok(())
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let response = self
+            .post(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+            .await?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            bail!("HTTP {status}: {}", body["message"].as_str().unwrap_or("no message"));
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn post(&self, body: Value) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+            .send()
+            .await?)
+    }
+}

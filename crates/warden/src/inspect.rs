@@ -1,0 +1,257 @@
+//! Commands that inspect state without serving: `check-config`, `trace`,
+//! `policy validate|schema` and `audit verify`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use warden_config::Config;
+use warden_gateway::PolicySource;
+use warden_gateway::upstream::Upstream;
+use warden_policy::ToolDef;
+use warden_store::{AuditRecord, GENESIS_HASH, SqliteStore, Store, verify_chain};
+
+use crate::defaults::Effective;
+
+/// `warden check-config FILE`.
+pub fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            if config.upstreams.is_empty() {
+                println!("{}: valid (no upstreams: the bundled example servers and policy pack are used)", file.display());
+            } else if config.policy.dir.is_none() {
+                println!(
+                    "{}: invalid:\n  - policy.dir: is not set; with upstreams of your own, set [policy] dir to a directory of .cedar files",
+                    file.display()
+                );
+                return ExitCode::FAILURE;
+            } else {
+                println!(
+                    "{}: valid ({} upstream(s): {})",
+                    file.display(),
+                    config.upstreams.len(),
+                    config.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    let path = config.store_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no store at {}; run `warden serve` or `warden demo` first, or pass --config",
+            path.display()
+        );
+    }
+    Ok(SqliteStore::open_read_only(&path)?)
+}
+
+/// `warden trace list`.
+pub async fn trace_list(config: &Effective, limit: usize) -> anyhow::Result<ExitCode> {
+    let store = open_store(&config.config)?;
+    let traces = store.traces(limit).await?;
+    if traces.is_empty() {
+        println!("no traces yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<32}  {:<20}  {:>7}  {:>6}  {:<36}  AGENT / USER / INTENT", "TRACE", "STARTED", "RECORDS", "DENIED", "TASK");
+    for trace in traces {
+        println!(
+            "{:<32}  {:<20}  {:>7}  {:>6}  {:<36}  {} / {} / {}",
+            trace.trace_id,
+            warden_gateway::auth::format_time(trace.started_at),
+            trace.records,
+            trace.denials,
+            trace.task_id,
+            trace.agent,
+            trace.user,
+            trace.intent
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden trace show ID`.
+pub async fn trace_show(config: &Effective, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(&config.config)?;
+    let mut records = store.trace(id).await?;
+    if records.is_empty()
+        && let Some(task) = store.task(id).await?
+    {
+        records = store.trace(&task.trace_id).await?;
+    }
+    if records.is_empty() {
+        anyhow::bail!("no trace or task {id:?}; `warden trace list` shows the recent ones");
+    }
+    if json {
+        for record in &records {
+            println!("{}", serde_json::to_string(record)?);
+        }
+    } else {
+        print!("{}", render_trace(&records));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders a trace as an indented tree of spans.
+pub fn render_trace(records: &[AuditRecord]) -> String {
+    let mut out = String::new();
+    let first = &records[0].record;
+    out.push_str(&format!(
+        "trace {}  task {}\nagent {}  user {}\n",
+        first.trace_id, first.task_id, first.agent, first.user
+    ));
+    let mut children: BTreeMap<String, Vec<&AuditRecord>> = BTreeMap::new();
+    let spans: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.record.span_id.as_str()).collect();
+    let mut roots = Vec::new();
+    for record in records {
+        match record.record.parent_span_id.as_deref() {
+            Some(parent) if spans.contains(parent) && parent != record.record.span_id => {
+                children.entry(parent.to_owned()).or_default().push(record)
+            }
+            _ => roots.push(record),
+        }
+    }
+    for root in roots {
+        render_node(root, &children, 0, &mut out);
+    }
+    out
+}
+
+fn render_node(
+    record: &AuditRecord,
+    children: &BTreeMap<String, Vec<&AuditRecord>>,
+    depth: usize,
+    out: &mut String,
+) {
+    let r = &record.record;
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.time_us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]"))
+                .ok()
+        })
+        .unwrap_or_default();
+    let indent = "  ".repeat(depth);
+    let decision = r.decision.map(|d| d.as_str().to_uppercase()).unwrap_or_default();
+    let mut line = format!("{time}  {indent}{:<14} {:<26} {decision:<5}", r.kind, r.target.as_deref().unwrap_or(""));
+    if !r.policy_ids.is_empty() {
+        line.push_str(&format!(" [{}]", r.policy_ids.join(", ")));
+    }
+    if let Some(arguments) = r.detail.get("arguments").filter(|a| !a.is_null()) {
+        line.push_str(&format!(" {arguments}"));
+    }
+    if let Some(outcome) = r.detail.get("outcome").and_then(|o| o.as_str()) {
+        let error = r.detail.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false);
+        let ms = r.detail.get("duration_ms").and_then(|d| d.as_f64()).unwrap_or(0.0);
+        line.push_str(&format!(" {outcome}{} {ms:.1} ms", if error { " (isError)" } else { "" }));
+    }
+    if r.decision.is_some_and(|d| d != warden_core::Decision::Allow)
+        && let Some(reason) = &r.reason
+    {
+        line.push_str(&format!("\n{time}  {indent}  reason: {reason}"));
+    }
+    out.push_str(&line);
+    out.push('\n');
+    if let Some(kids) = children.get(&r.span_id) {
+        for kid in kids {
+            render_node(kid, children, depth + 1, out);
+        }
+    }
+}
+
+/// Starts the configured upstreams and returns their tools.
+async fn upstream_tools(config: &Config) -> anyhow::Result<Vec<ToolDef>> {
+    let limits = &config.limits;
+    let mut tools = Vec::new();
+    for (name, upstream_config) in &config.upstreams {
+        let upstream = Arc::new(Upstream::new(
+            name,
+            upstream_config,
+            Duration::from_secs(limits.call_timeout_seconds),
+            Duration::from_secs(limits.start_timeout_seconds),
+            limits.max_upstream_message_bytes,
+        )?);
+        upstream
+            .start()
+            .await
+            .with_context(|| format!("upstream {name} failed to start"))?;
+        tools.extend(upstream.tool_defs());
+        upstream.shutdown().await;
+    }
+    Ok(tools)
+}
+
+/// `warden policy validate`.
+pub async fn policy_validate(config: &Effective, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let source = match dir {
+        Some(dir) => PolicySource::Dir(dir),
+        None => config.policy_source.clone(),
+    };
+    let tools = upstream_tools(&config.config).await?;
+    match source.load(&tools, &config.config.policy.environment) {
+        Ok(engine) => {
+            println!(
+                "{}: {} policies valid against {} tools",
+                source.describe(),
+                engine.policy_count(),
+                tools.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("{}: invalid:\n{error}", source.describe());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `warden policy schema`.
+pub async fn policy_schema(config: &Effective) -> anyhow::Result<ExitCode> {
+    let tools = upstream_tools(&config.config).await?;
+    let engine = warden_policy::PolicyEngine::from_sources(
+        &[],
+        &tools,
+        warden_policy::EngineOptions {
+            environment: config.config.policy.environment.clone(),
+        },
+    )?;
+    println!("{}", engine.schema_text());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden audit verify`.
+pub async fn audit_verify(config: &Effective) -> anyhow::Result<ExitCode> {
+    let store = open_store(&config.config)?;
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut after = 0;
+    let mut total = 0usize;
+    loop {
+        let page = store.audit_range(after, 10_000).await?;
+        if page.is_empty() {
+            break;
+        }
+        if let Err(error) = verify_chain(&page, &prev) {
+            println!("audit log invalid: first bad record is seq {}: {error}", error.seq());
+            return Ok(ExitCode::FAILURE);
+        }
+        total += page.len();
+        if let Some(last) = page.last() {
+            prev.clone_from(&last.hash);
+            after = last.seq;
+        }
+    }
+    println!("audit log valid: {total} records, head {prev}");
+    Ok(ExitCode::SUCCESS)
+}
