@@ -185,6 +185,52 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         );
     }
 
+    let approvals = &config.approvals;
+    if approvals.ttl_seconds == 0 {
+        report(
+            "approvals.ttl_seconds",
+            "is 0; set how many seconds an approval request stays open, e.g. 900".into(),
+        );
+    }
+    if approvals.wait_seconds > 300 {
+        report(
+            "approvals.wait_seconds",
+            format!(
+                "{} seconds keeps agent requests open too long; use at most 300 and let agents retry",
+                approvals.wait_seconds
+            ),
+        );
+    }
+    if let Some(url) = &approvals.webhook_url {
+        match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+            _ => report(
+                "approvals.webhook_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ),
+        }
+        if approvals.webhook_secret_env.is_none() && approvals.webhook_secret_file.is_none() {
+            report(
+                "approvals.webhook_url",
+                "is set without a signing key; set approvals.webhook_secret_env or approvals.webhook_secret_file so receivers can verify requests".into(),
+            );
+        }
+    }
+    if approvals.webhook_secret_env.is_some() && approvals.webhook_secret_file.is_some() {
+        report(
+            "approvals.webhook_secret_file",
+            "both webhook_secret_env and webhook_secret_file are set; keep one".into(),
+        );
+    }
+    if let Some(file) = &config.admin.token_file
+        && !file.is_file()
+    {
+        report(
+            "admin.token_file",
+            format!("file {} does not exist; write the admin token into it or remove the key", file.display()),
+        );
+    }
+
     for (name, upstream) in &config.upstreams {
         let key = format!("upstreams.{name}");
         if !is_server_name(name) {

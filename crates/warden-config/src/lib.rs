@@ -87,6 +87,12 @@ pub struct Config {
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Human approval of held calls.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    /// Administrator access to the approval and trace endpoints.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Upstream MCP servers by name. The name prefixes the server's tools
     /// as `{name}__{tool}` and selects it in `/mcp/{name}`.
     #[serde(default)]
@@ -246,6 +252,52 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Human approval of held calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a held call's request waits for a decision before the agent
+    /// gets the hold refusal, in seconds (0 answers at once).
+    #[serde(default = "default_approval_wait")]
+    pub wait_seconds: u64,
+    /// How long an approval request stays open, in seconds; an approval
+    /// given in time lets the same call through once before this expiry.
+    #[serde(default = "default_approval_ttl")]
+    pub ttl_seconds: u64,
+    /// URL that receives each new approval request as signed JSON.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Environment variable holding the webhook's HMAC-SHA256 key.
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+    /// File holding the webhook's HMAC-SHA256 key.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            wait_seconds: default_approval_wait(),
+            ttl_seconds: default_approval_ttl(),
+            webhook_url: None,
+            webhook_secret_env: None,
+            webhook_secret_file: None,
+        }
+    }
+}
+
+/// Administrator access. The admin token is read from the environment
+/// variable `WARDEN_ADMIN_TOKEN` or from `token_file`; without either, the
+/// admin endpoints are closed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the admin bearer token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// One upstream MCP server: either a stdio `command` that Warden spawns and
 /// supervises, or a Streamable HTTP `url`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -399,6 +451,12 @@ impl Config {
         if let Some(dir) = &mut self.data_dir {
             resolve(dir);
         }
+        if let Some(file) = &mut self.approvals.webhook_secret_file {
+            resolve(file);
+        }
+        if let Some(file) = &mut self.admin.token_file {
+            resolve(file);
+        }
         for upstream in self.upstreams.values_mut() {
             if let Some(cwd) = &mut upstream.cwd {
                 resolve(cwd);
@@ -463,6 +521,14 @@ fn default_call_timeout() -> u64 {
 
 fn default_start_timeout() -> u64 {
     20
+}
+
+fn default_approval_wait() -> u64 {
+    5
+}
+
+fn default_approval_ttl() -> u64 {
+    900
 }
 
 #[cfg(test)]

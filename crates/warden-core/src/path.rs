@@ -14,12 +14,14 @@
 ///
 /// Absolute paths stay absolute. A relative path is normalised on its own
 /// and stays relative, so it never lies inside an absolute directory.
-/// Backslashes are treated as separators, since an upstream on Windows
-/// would treat them so.
+/// Only `/` separates components, as on the POSIX upstreams Warden fronts:
+/// a backslash is an ordinary character of a file name there, so treating
+/// it as a separator would let `a\..\b` mean one path to the policy and
+/// another to the upstream.
 pub fn normalize(path: &str) -> String {
-    let absolute = path.starts_with('/') || path.starts_with('\\');
+    let absolute = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
-    for component in path.split(['/', '\\']) {
+    for component in path.split('/') {
         match component {
             "" | "." => {}
             ".." => {
@@ -79,7 +81,7 @@ mod tests {
         assert_eq!(normalize("/srv//data/./a/../b"), "/srv/data/b");
         assert_eq!(normalize("/../../etc/passwd"), "/etc/passwd");
         assert_eq!(normalize("/srv/data/"), "/srv/data");
-        assert_eq!(normalize("\\srv\\data\\..\\x"), "/srv/x");
+        assert_eq!(normalize("/srv/x\\..\\y"), "/srv/x\\..\\y");
     }
 
     #[test]
@@ -102,5 +104,6 @@ mod tests {
         assert!(!is_within("/srv/data_private/key.pem", "/srv/data"));
         assert!(!is_within("/srv/data/../data_private/key.pem", "/srv/data"));
         assert!(!is_within("srv/data/a", "/srv/data"));
+        assert!(!is_within("/srv/data/x\\..\\..\\y/../../data_private/k", "/srv/data"));
     }
 }

@@ -105,6 +105,15 @@ fn handle_line(server: &servers::Server, line: &str) -> Option<Value> {
     })
 }
 
+/// Returns the `tools/list` entries of a bundled server, or an empty list
+/// for an unknown name.
+pub fn tool_list(server: &str) -> Value {
+    if !SERVERS.contains(&server) {
+        return json!([]);
+    }
+    servers::Server::new(server, PathBuf::new()).tools()
+}
+
 /// Returns the default root directory of the example servers inside a
 /// Warden data directory.
 pub fn default_root(data_dir: &Path) -> PathBuf {

@@ -58,14 +58,21 @@ impl Server {
                 },
                 "required": ["to", "subject", "body"]
             }), json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true }))]),
-            "billing" => json!([tool("refund", "Refund an order.", json!({
-                "type": "object",
-                "properties": {
-                    "order_id": { "type": "string" },
-                    "amount": { "type": "number", "description": "Amount in the order's currency" }
-                },
-                "required": ["order_id", "amount"]
-            }), json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true }))]),
+            "billing" => json!([
+                tool("refund", "Refund an order.", json!({
+                    "type": "object",
+                    "properties": {
+                        "order_id": { "type": "string" },
+                        "amount": { "type": "number", "description": "Amount in the order's currency" }
+                    },
+                    "required": ["order_id", "amount"]
+                }), json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true })),
+                tool("void_invoice", "Void an unpaid invoice.", json!({
+                    "type": "object",
+                    "properties": { "invoice_id": { "type": "string" } },
+                    "required": ["invoice_id"]
+                }), json!({ "readOnlyHint": false, "destructiveHint": true, "openWorldHint": true })),
+            ]),
             _ => json!([
                 tool("echo", "Return the text.", json!({
                     "type": "object",
@@ -95,6 +102,7 @@ impl Server {
             ("files", "write_file") => Ok(self.write_file(text("path"), text("content"))),
             ("mail", "send_email") => Ok(self.append("outbox.jsonl", arguments, "queued message")),
             ("billing", "refund") => Ok(self.append("refunds.jsonl", arguments, "refund issued")),
+            ("billing", "void_invoice") => Ok(self.append("voided.jsonl", arguments, "invoice voided")),
             ("testkit", "echo") => Ok(ok(text("text").unwrap_or_default())),
             ("testkit", "sleep") => {
                 let seconds = arguments.get("seconds").and_then(Value::as_u64).unwrap_or(0);

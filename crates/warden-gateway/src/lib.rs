@@ -10,8 +10,10 @@
 //! - [`tasks`]: the task endpoints.
 //! - [`mcp`]: the agent-facing MCP endpoint.
 //! - [`upstream`]: Warden as MCP client of the upstream servers.
+//! - [`approvals`]: human approval of held calls.
 //! - [`audit`]: trace records of each step.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod guard;

@@ -22,9 +22,9 @@ use warden_store::{SqliteStore, Store};
 
 use crate::auth::{ApiError, authenticate_admin};
 use crate::policy_source::PolicySource;
-use crate::state::{AppState, TaskTable};
+use crate::state::{AppState, TaskTable, VerifiedTokens};
 use crate::upstream::Upstream;
-use crate::{guard, mcp, tasks};
+use crate::{approvals, guard, mcp, tasks};
 
 /// Issuer name written into task tokens.
 pub const TASK_TOKEN_ISSUER: &str = "warden";
@@ -157,6 +157,12 @@ impl Gateway {
         };
         let allowed_origins = config.server.allowed_origins.clone();
 
+        let webhook = approval_webhook(&config)?;
+        let admin_token = match options.admin_token.filter(|t| !t.is_empty()) {
+            Some(token) => Some(token),
+            None => read_admin_token_file(&config)?,
+        };
+        let leeway = config.identity.leeway_seconds as i64;
         let state = Arc::new(AppState {
             config,
             verifier,
@@ -166,12 +172,14 @@ impl Gateway {
             engine: RwLock::new(Arc::new(engine)),
             store,
             upstreams,
+            verified_tokens: VerifiedTokens::new(leeway),
             tasks: TaskTable::default(),
+            approvals: crate::approvals::Approvals::new(webhook),
             sessions: mcp::Sessions::default(),
             metrics: crate::metrics::Metrics::default(),
             allowed_hosts,
             allowed_origins,
-            admin_token: options.admin_token.filter(|t| !t.is_empty()),
+            admin_token,
         });
         Ok(Gateway {
             state,
@@ -217,6 +225,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks", post(tasks::start))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
         .route("/v1/traces/{id}", get(trace))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route(
             "/mcp",
             post(mcp::post_all)
@@ -249,6 +261,43 @@ pub fn reload_policies(state: &AppState) -> Result<usize, warden_policy::PolicyL
     let count = engine.policy_count();
     state.set_engine(engine);
     Ok(count)
+}
+
+fn approval_webhook(config: &Config) -> anyhow::Result<Option<approvals::Webhook>> {
+    let settings = &config.approvals;
+    let Some(url) = &settings.webhook_url else {
+        return Ok(None);
+    };
+    let key = match (&settings.webhook_secret_env, &settings.webhook_secret_file) {
+        (Some(variable), _) => std::env::var(variable).with_context(|| {
+            format!("approvals.webhook_secret_env names {variable}, which is not set; export the webhook signing key in it")
+        })?,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read approvals.webhook_secret_file {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!(
+            "approvals.webhook_url is set without a signing key; set approvals.webhook_secret_env or approvals.webhook_secret_file"
+        ),
+    };
+    if key.len() < 16 {
+        anyhow::bail!("the approval webhook signing key is shorter than 16 bytes; use a random key of at least 32 bytes");
+    }
+    Ok(Some(approvals::Webhook::start(url.clone(), key.into_bytes())))
+}
+
+fn read_admin_token_file(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(file) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read admin.token_file {}", file.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        anyhow::bail!("the admin token in {} is shorter than 16 characters; use a random token", file.display());
+    }
+    Ok(Some(token))
 }
 
 fn all_tools(upstreams: &BTreeMap<String, Arc<Upstream>>) -> Vec<ToolDef> {

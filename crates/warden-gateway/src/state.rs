@@ -31,8 +31,12 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Upstream MCP servers by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Task tokens whose signature was verified already.
+    pub verified_tokens: VerifiedTokens,
     /// Tasks seen by this process, with their revocation state.
     pub tasks: TaskTable,
+    /// Calls waiting for a human decision, and the approval webhook.
+    pub approvals: crate::approvals::Approvals,
     /// MCP sessions of agents.
     pub sessions: Sessions,
     /// Counters for `/metrics`.
@@ -105,9 +109,45 @@ impl TaskTable {
     }
 }
 
-/// A verified task token together with its claims.
-#[derive(Debug, Clone)]
-pub struct AuthenticatedTask {
-    /// The token's claims.
-    pub claims: TaskClaims,
+/// Most entries in [`VerifiedTokens`] before it is emptied.
+pub const MAX_VERIFIED_TOKENS: usize = 10_000;
+
+/// Cache of task tokens whose signature checked out, keyed by the exact
+/// token text, so that an agent's later requests skip the ECDSA
+/// verification. Expiry is checked on every hit, with the same leeway as a
+/// full verification, and revocation is checked by the caller as for any
+/// token. A token that differs in one byte misses the cache.
+pub struct VerifiedTokens {
+    entries: Mutex<HashMap<String, TaskClaims>>,
+    leeway: i64,
+}
+
+impl VerifiedTokens {
+    /// Creates an empty cache whose hits honour `leeway` seconds past `exp`.
+    pub fn new(leeway: i64) -> VerifiedTokens {
+        VerifiedTokens {
+            entries: Mutex::default(),
+            leeway,
+        }
+    }
+
+    /// Returns the claims of a verified, unexpired token.
+    pub fn get(&self, token: &str, now: i64) -> Option<TaskClaims> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = entries.get(token)?;
+        if claims.exp + self.leeway < now {
+            entries.remove(token);
+            return None;
+        }
+        Some(claims.clone())
+    }
+
+    /// Remembers a verified token.
+    pub fn insert(&self, token: String, claims: TaskClaims) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_VERIFIED_TOKENS {
+            entries.clear();
+        }
+        entries.insert(token, claims);
+    }
 }

@@ -1,11 +1,17 @@
 //! The policy engine: everything parsed at load, and the decision on
 //! each step.
 //!
-//! At load the engine builds the schema, parses and validates the policies,
-//! and prepares for every action the policies that can apply to it, split
-//! into plain policies (permits and un-annotated forbids) and hold policies
-//! (forbids annotated `@hold`). Per request it only builds the Cedar
-//! request and the few entities the request refers to; see `decide`.
+//! At load the engine builds the schema and parses and validates the
+//! policies. For every action, and for every tool, it then selects the
+//! policies whose scope can match, split into plain policies (permits and
+//! un-annotated forbids) and hold policies (forbids annotated `@hold`).
+//! Per request it only builds the Cedar request and the few entities the
+//! request refers to; see `decide`.
+//!
+//! NOTE: Cedar's authorizer costs about 1 µs per policy in the set it is
+//! given (measured with Cedar 4.14 on a 2-core VM), so decision latency
+//! grows with the number of policies whose action and resource scope match
+//! a step, not with the total.
 
 mod decide;
 #[cfg(test)]
@@ -17,7 +23,7 @@ use std::str::FromStr;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
-    PolicySet, RestrictedExpression, Schema, SchemaFragment,
+    PolicySet, ResourceConstraint, RestrictedExpression, Schema, SchemaFragment,
 };
 use serde_json::Value;
 
@@ -44,7 +50,9 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     names: TypeNames,
     tools: HashMap<String, CompiledTool>,
-    actions: HashMap<String, ActionPolicies>,
+    start_task: ActionPolicies,
+    read_resource: ActionPolicies,
+    get_prompt: ActionPolicies,
     policy_count: usize,
 }
 
@@ -65,18 +73,28 @@ struct CompiledTool {
     definition: ToolDef,
     arguments: RecordType,
     uid: EntityUid,
-    call_action: EntityUid,
-    /// The tool and its server.
-    entities: Vec<Entity>,
+    /// The tool entity, whose parent is its server.
+    entity: Entity,
+    /// Policies for calling this tool.
+    call: ActionPolicies,
+    /// Policies for listing this tool.
+    list: ActionPolicies,
 }
 
-/// The policies that can apply to one action, and that action's entities.
+/// The policies whose scope can match one action, optionally on one tool,
+/// and that action's entity.
 struct ActionPolicies {
     uid: EntityUid,
     plain: PolicySet,
     hold: PolicySet,
-    /// The action and the action groups it belongs to.
-    entities: Vec<Entity>,
+    /// The action, with the action groups it belongs to as parents.
+    entity: Entity,
+}
+
+/// The tool a policy set is prepared for.
+struct ToolScope<'a> {
+    tool: &'a EntityUid,
+    server: &'a EntityUid,
 }
 
 impl PolicyEngine {
@@ -139,18 +157,21 @@ impl PolicyEngine {
 
         let mut compiled = HashMap::with_capacity(argument_types.len());
         for (qualified, arguments, definition) in argument_types {
-            let tool = CompiledTool::new(&names, qualified.clone(), arguments, definition.clone())?;
+            let tool = CompiledTool::new(
+                &names,
+                qualified.clone(),
+                arguments,
+                definition.clone(),
+                &policies,
+                &action_entities,
+            )?;
             compiled.insert(qualified, tool);
         }
-        let action_ids = [START_TASK, LIST_TOOLS, READ_RESOURCE, GET_PROMPT]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(compiled.keys().cloned());
-        let mut actions = HashMap::new();
-        for action_id in action_ids {
-            let policies = ActionPolicies::new(&names, &action_id, &policies, &action_entities)?;
-            actions.insert(action_id, policies);
-        }
+        let global =
+            |action_id| ActionPolicies::new(&names, action_id, None, &policies, &action_entities);
+        let start_task = global(START_TASK)?;
+        let read_resource = global(READ_RESOURCE)?;
+        let get_prompt = global(GET_PROMPT)?;
 
         tracing::info!(
             policy.count = policies.len(),
@@ -165,7 +186,9 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             names,
             tools: compiled,
-            actions,
+            start_task,
+            read_resource,
+            get_prompt,
             policy_count: policies.len(),
         })
     }
@@ -215,6 +238,8 @@ impl CompiledTool {
         qualified: String,
         arguments: RecordType,
         definition: ToolDef,
+        policies: &[LoadedPolicy],
+        action_entities: &Entities,
     ) -> Result<CompiledTool, PolicyLoadError> {
         let hint = |key: &str, default: bool| {
             definition
@@ -251,31 +276,39 @@ impl CompiledTool {
             ("open_world", RestrictedExpression::new_bool(open_world)),
         ]
         .map(|(name, value)| (name.to_owned(), value));
-        let tool_entity = Entity::new_with_tags(uid.clone(), attributes, [server_uid.clone()], [])
+        let entity = Entity::new_with_tags(uid.clone(), attributes, [server_uid.clone()], [])
             .map_err(|error| PolicyLoadError::Tool {
                 tool: qualified.clone(),
                 message: error.to_string(),
             })?;
-        let server_entity = Entity::new_no_attrs(server_uid, HashSet::new());
+        let scope = ToolScope {
+            tool: &uid,
+            server: &server_uid,
+        };
+        let call = ActionPolicies::new(names, &qualified, Some(&scope), policies, action_entities)?;
+        let list = ActionPolicies::new(names, LIST_TOOLS, Some(&scope), policies, action_entities)?;
         Ok(CompiledTool {
-            call_action: names.uid(&names.action, &qualified),
             definition,
             arguments,
             uid,
-            entities: vec![tool_entity, server_entity],
+            entity,
+            call,
+            list,
         })
     }
 }
 
 impl ActionPolicies {
-    /// Selects the policies whose action scope can match `action_id`.
+    /// Selects the policies whose action scope can match `action_id` and,
+    /// for a tool, whose resource scope can match that tool.
     ///
-    /// Leaving out a policy whose action scope cannot match changes no
-    /// decision: Cedar treats such a policy as not applicable, and a scope
-    /// check never raises an evaluation error.
+    /// Leaving out a policy whose scope cannot match changes no decision.
+    /// Cedar (4.14) treats such a policy as not applicable, and its scope
+    /// checks compare entity ids and ancestors without raising errors.
     fn new(
         names: &TypeNames,
         action_id: &str,
+        tool: Option<&ToolScope<'_>>,
         policies: &[LoadedPolicy],
         action_entities: &Entities,
     ) -> Result<ActionPolicies, PolicyLoadError> {
@@ -286,25 +319,31 @@ impl ActionPolicies {
             .ok_or_else(|| PolicyLoadError::Schema {
                 message: format!("action {action_id} is missing from the generated schema"),
             })?;
-        let mut groups: Vec<EntityUid> = action_entities
+        let groups: Vec<EntityUid> = action_entities
             .ancestors(&uid)
             .map(|ancestors| ancestors.cloned().collect())
             .unwrap_or_default();
-        groups.sort_by_key(ToString::to_string);
-        let mut entities = vec![entity];
-        for group in &groups {
-            if let Some(group_entity) = action_entities.get(group) {
-                entities.push(group_entity.clone());
-            }
-        }
 
-        let applies = |policy: &Policy| match policy.action_constraint() {
+        let action_applies = |policy: &Policy| match policy.action_constraint() {
             ActionConstraint::Any => true,
             ActionConstraint::Eq(scope) => scope == uid,
             ActionConstraint::In(scopes) => scopes
                 .iter()
                 .any(|scope| *scope == uid || groups.contains(scope)),
         };
+        // A tool's only ancestor is its server.
+        let resource_applies = |policy: &Policy| {
+            let Some(tool) = tool else { return true };
+            let within = |scope: &EntityUid| scope == tool.tool || scope == tool.server;
+            match policy.resource_constraint() {
+                ResourceConstraint::Any => true,
+                ResourceConstraint::Eq(scope) => scope == *tool.tool,
+                ResourceConstraint::In(scope) => within(&scope),
+                ResourceConstraint::Is(kind) => kind == names.tool,
+                ResourceConstraint::IsIn(kind, scope) => kind == names.tool && within(&scope),
+            }
+        };
+        let applies = |policy: &Policy| action_applies(policy) && resource_applies(policy);
         let select = |hold: bool| {
             PolicySet::from_policies(
                 policies
@@ -320,7 +359,7 @@ impl ActionPolicies {
             plain: select(false)?,
             hold: select(true)?,
             uid,
-            entities,
+            entity,
         })
     }
 }

@@ -29,7 +29,7 @@ pub enum PolicyLoadError {
     Tool {
         /// Qualified name of the tool.
         tool: String,
-        /// What is wrong and how to fix it.
+        /// Description of the problem and its fix.
         message: String,
     },
     /// The schema generated from the tool definitions was rejected by Cedar.
@@ -52,7 +52,7 @@ pub struct PolicyProblem {
     pub line: usize,
     /// Column of the problem in characters, counted from 1.
     pub column: usize,
-    /// What is wrong and, where Cedar gives one, how to fix it.
+    /// Description of the problem and, where Cedar gives one, its fix.
     pub message: String,
     /// Id of the policy the problem is in: its `@id` annotation, or
     /// `FILE:INDEX` with the 0-based position of the policy in its file.

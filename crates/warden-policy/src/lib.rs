@@ -34,7 +34,7 @@ pub const UNKNOWN_TOOL_POLICY_ID: &str = "warden:unknown-tool";
 /// Policy id of a denial because the Cedar request could not be built.
 pub const REQUEST_POLICY_ID: &str = "warden:request";
 
-/// One upstream MCP tool as Warden sees it.
+/// One upstream MCP tool, as its server lists it and the operator configures it.
 #[derive(Clone, Debug)]
 pub struct ToolDef {
     /// Upstream server name from the configuration, e.g. `fs`.

@@ -1,8 +1,8 @@
 //! Parsing and validation of policy files.
 //!
-//! Each file is split into statements at top-level semicolons and each
-//! statement is parsed on its own, so every policy gets a stable id (its
-//! `@id` annotation, or `FILE:INDEX`) and every problem is reported with
+//! Each file is split into statements at top-level semicolons, and each
+//! statement is parsed on its own. So every policy gets a stable id (its
+//! `@id` annotation, or `FILE:INDEX`), and every problem is reported with
 //! its file, line, column and policy id. All problems of all files are
 //! collected before loading fails.
 
@@ -335,6 +335,14 @@ mod tests {
                 "forbid(principal, action, resource);",
             ]
         );
+    }
+
+        #[test]
+    fn split_statements_keeps_slashes_in_strings() {
+        let text = "permit(principal, action, resource) \
+                    when { resource.uri like \"https://acme.test/*\" };\n\
+                    forbid(principal, action, resource);";
+        assert_eq!(statements(text).len(), 2);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Every action has its own context type, so strict validation rejects a
 //! policy that reads a field its action does not provide, such as
 //! `context.arguments` on `list_tools`. `call_tool` is an action group with
-//! no `appliesTo`; each tool is its own action in that group, named by its
+//! no `appliesTo`. Each tool is its own action in that group, named by its
 //! qualified name, with the tool's argument types as `context.arguments`.
 
 use serde_json::{Map, Value, json};

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::ApprovalStatus;
+
 /// A backend error kept as the source of a [`StoreError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -149,6 +151,42 @@ pub enum StoreError {
         revoked_at: i64,
     },
 
+    /// An approval with the same id exists.
+    #[error("approval {approval_id} already exists; store the request with a new id")]
+    ApprovalExists {
+        /// The duplicate id.
+        approval_id: String,
+    },
+
+    /// An approval request was rejected before it was stored.
+    #[error("cannot store approval {approval_id}: {message}")]
+    InvalidApproval {
+        /// The rejected approval.
+        approval_id: String,
+        /// The defect and how to fix it.
+        message: String,
+    },
+
+    /// No approval has the given id.
+    #[error("no approval {approval_id}; list pending ones with GET /v1/approvals")]
+    ApprovalNotFound {
+        /// The unknown id.
+        approval_id: String,
+    },
+
+    /// A decision was attempted on an approval that is no longer pending.
+    #[error("{}", conflict_message(.approval_id, .status, .changed_at))]
+    ApprovalConflict {
+        /// The approval.
+        approval_id: String,
+        /// Its effective status when the decision was attempted.
+        status: ApprovalStatus,
+        /// When it reached that status, in unix seconds: the decision time
+        /// for approved and denied, the use time for consumed, and
+        /// `expires_at` for expired.
+        changed_at: Option<i64>,
+    },
+
     /// A write was attempted on a store opened read-only.
     #[error("cannot {operation}: {store} is open read-only; run this against the gateway's store")]
     ReadOnly {
@@ -190,6 +228,32 @@ pub enum StoreError {
         /// The reason it stopped, e.g. a panic message or runtime shutdown.
         message: String,
     },
+}
+
+/// Builds the message of [`StoreError::ApprovalConflict`]: what the
+/// approval's state is, since when, and what the caller can do instead.
+fn conflict_message(
+    approval_id: &str,
+    status: &ApprovalStatus,
+    changed_at: &Option<i64>,
+) -> String {
+    let since = changed_at
+        .map(|at| format!(" at {at} (unix seconds)"))
+        .unwrap_or_default();
+    match status {
+        ApprovalStatus::Pending => {
+            format!("approval {approval_id} is still pending; decide it before the call can run")
+        }
+        ApprovalStatus::Approved | ApprovalStatus::Denied => {
+            format!("approval {approval_id} was already {status}{since}; a decision is final")
+        }
+        ApprovalStatus::Consumed => format!(
+            "approval {approval_id} was approved and its call already ran{since}; an approval covers one call, so the agent must repeat the call to request a new approval"
+        ),
+        ApprovalStatus::Expired => format!(
+            "approval {approval_id} expired{since}; the agent must repeat the call to request a new approval"
+        ),
+    }
 }
 
 /// A break in the audit hash chain, found by

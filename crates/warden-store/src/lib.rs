@@ -1,4 +1,5 @@
-//! Warden's durable state: tasks, revocations and the hash-chained audit log.
+//! Warden's durable state: tasks, revocations, human approvals and the
+//! hash-chained audit log.
 //!
 //! The gateway and the CLI talk to storage only through the [`Store`] trait,
 //! so a deployment can choose its backend without touching the callers.
@@ -6,11 +7,16 @@
 //! mention no backend type, so another backend (PostgreSQL, for replicas
 //! that share one store) implements the same interface.
 //!
+//! An approval binds one held tool call (task, qualified tool name and hash
+//! of the canonical arguments) to a human decision. It lets that call
+//! through at most once, and only before it expires.
+//!
 //! Audit records form a hash chain: every stored record carries the hash of
 //! the record before it, and [`verify_chain`] recomputes the chain to find
 //! the first record that was edited, deleted, inserted or moved.
 
 mod chain;
+mod check;
 mod error;
 mod sqlite;
 
@@ -115,6 +121,89 @@ pub struct TraceSummary {
     pub denials: i64,
 }
 
+/// The lifecycle state of an [`ApprovalRecord`].
+///
+/// A request starts `Pending`. An approver moves it to `Approved` or
+/// `Denied`, and the held call moves an approved one to `Consumed` when it
+/// runs. A pending or approved request whose `expires_at` has passed reads
+/// as `Expired`; the stored row keeps its old status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStatus {
+    /// Waiting for an approver.
+    Pending,
+    /// Approved and not used yet: the call may run once.
+    Approved,
+    /// Denied: the call stays refused.
+    Denied,
+    /// Approved and already used by its call.
+    Consumed,
+    /// Not decided or not used before `expires_at`.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// Returns the lowercase wire name (`pending`, `approved`, `denied`,
+    /// `consumed`, `expired`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Consumed => "consumed",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request for a human decision on one held tool call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Unique approval id.
+    pub approval_id: String,
+    /// Id of the task that made the call.
+    pub task_id: String,
+    /// W3C trace id of the task.
+    pub trace_id: String,
+    /// SPIFFE ID of the agent that made the call.
+    pub agent: String,
+    /// The user the task acts for.
+    pub user: String,
+    /// Qualified name (`{server}__{tool}`) of the called tool.
+    pub tool: String,
+    /// The converted arguments that the policy decided on.
+    pub arguments: serde_json::Value,
+    /// Lowercase hex SHA-256 of the canonical JSON of `arguments`, as
+    /// computed by `warden_core::json::canonical_hash`.
+    pub arguments_hash: String,
+    /// Ids of the policies that held the call.
+    pub policy_ids: Vec<String>,
+    /// The policies' reason for holding the call.
+    pub reason: String,
+    /// Lifecycle state; reads return the effective state, so an overdue
+    /// pending or approved request is [`ApprovalStatus::Expired`].
+    pub status: ApprovalStatus,
+    /// Creation time, in unix seconds.
+    pub created_at: i64,
+    /// Last time, in unix seconds, at which the request can be decided and
+    /// the approved call can run.
+    pub expires_at: i64,
+    /// Time of the approve or deny decision, in unix seconds.
+    pub decided_at: Option<i64>,
+    /// The approver who decided.
+    pub decided_by: Option<String>,
+    /// The approver's reason, if given.
+    pub decision_reason: Option<String>,
+    /// Time at which the approved call ran, in unix seconds.
+    pub consumed_at: Option<i64>,
+}
+
 /// Warden's durable state behind one interface.
 ///
 /// Methods that take a time take it in unix seconds, so callers decide the
@@ -165,6 +254,71 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Inserts a new approval request as given; the gateway inserts pending
+    /// ones.
+    ///
+    /// Fails with [`StoreError::ApprovalExists`] when the id exists, and
+    /// with [`StoreError::InvalidApproval`] when `arguments_hash` is not the
+    /// canonical hash of `arguments`, so an approver always sees the
+    /// arguments that the approval lets through.
+    async fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError>;
+
+    /// Loads one approval, or `None` when the id is unknown. A pending or
+    /// approved one whose `expires_at` is before `now` reads as
+    /// [`ApprovalStatus::Expired`].
+    async fn approval(
+        &self,
+        approval_id: &str,
+        now: i64,
+    ) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// Lists at most `limit` approvals, newest first, optionally only those
+    /// whose effective status at `now` is `status`.
+    async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
+
+    /// Finds the newest approval for this exact call (task, qualified tool
+    /// name and arguments hash) whose effective status at `now` is pending,
+    /// approved or denied.
+    ///
+    /// Consumed and expired approvals are ignored. A denial never expires,
+    /// so a denied call stays denied for the rest of its task.
+    async fn find_approval(
+        &self,
+        task_id: &str,
+        tool: &str,
+        arguments_hash: &str,
+        now: i64,
+    ) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// Moves a pending approval that has not expired at `now` to approved
+    /// (`approve` true) or denied, in one atomic update, and returns the
+    /// updated record.
+    ///
+    /// Of concurrent decisions on one approval exactly one succeeds. The
+    /// others fail with [`StoreError::ApprovalConflict`], which carries the
+    /// effective status; an unknown id fails with
+    /// [`StoreError::ApprovalNotFound`].
+    async fn decide_approval(
+        &self,
+        approval_id: &str,
+        approve: bool,
+        decided_by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<ApprovalRecord, StoreError>;
+
+    /// Moves an approved approval that has not expired at `now` to
+    /// consumed, in one atomic update.
+    ///
+    /// Returns true exactly once per approval. Returns false when the
+    /// approval is pending, denied, expired, already consumed or unknown.
+    async fn consume_approval(&self, approval_id: &str, now: i64) -> Result<bool, StoreError>;
 
     /// Checks that the store runs queries and that its audit writer runs.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -3,7 +3,8 @@
 //! One database file in WAL mode with `synchronous=NORMAL`: commits reach
 //! the WAL without an fsync, and a checkpoint syncs them later. A crash of
 //! the process loses nothing committed, but a power loss can lose the last
-//! commits. Task writes go through one mutex-guarded connection, reads
+//! commits. Task and approval writes go through one mutex-guarded
+//! connection, reads
 //! through a small pool of read-only connections (WAL lets them run beside
 //! a writer), and audit records through the writer thread in
 //! [`writer`]. Every SQL statement lives in [`sql`].
@@ -19,9 +20,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tracing::info;
 
-use self::sql::{DbError, SchemaState, TaskInsert};
+use self::sql::{ApprovalDecision, ApprovalInsert, DbError, SchemaState, TaskInsert};
 use self::writer::{AuditQueue, BatchSettings, LostRecords};
-use crate::{AuditRecord, NewAuditRecord, Store, StoreError, TaskRecord, TraceSummary};
+use crate::check::check_new_approval;
+use crate::{
+    ApprovalRecord, ApprovalStatus, AuditRecord, NewAuditRecord, Store, StoreError, TaskRecord,
+    TraceSummary,
+};
 
 /// Tuning of a [`SqliteStore`]. `SqliteOptions::default()` suits a single
 /// gateway.
@@ -273,6 +278,121 @@ impl Store for SqliteStore {
     async fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.read("list tasks".into(), move |conn| {
             sql::select_tasks(conn, limit)
+        })
+        .await
+    }
+
+    async fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
+        check_new_approval(approval)?;
+        let owned = approval.clone();
+        let outcome = self
+            .write(
+                format!("insert approval {:?}", approval.approval_id),
+                move |conn| sql::insert_approval(conn, &owned),
+            )
+            .await?;
+        match outcome {
+            ApprovalInsert::Inserted => Ok(()),
+            ApprovalInsert::Exists => Err(StoreError::ApprovalExists {
+                approval_id: approval.approval_id.clone(),
+            }),
+        }
+    }
+
+    async fn approval(
+        &self,
+        approval_id: &str,
+        now: i64,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let id = approval_id.to_owned();
+        self.read(format!("load approval {approval_id:?}"), move |conn| {
+            sql::select_approval(conn, &id, now)
+        })
+        .await
+    }
+
+    async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let operation = match status {
+            Some(status) => format!("list {status} approvals"),
+            None => "list approvals".to_owned(),
+        };
+        self.read(operation, move |conn| {
+            sql::select_approvals(conn, status, limit, now)
+        })
+        .await
+    }
+
+    async fn find_approval(
+        &self,
+        task_id: &str,
+        tool: &str,
+        arguments_hash: &str,
+        now: i64,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let (task, tool_name, hash) = (
+            task_id.to_owned(),
+            tool.to_owned(),
+            arguments_hash.to_owned(),
+        );
+        self.read(
+            format!("find approval of {tool:?} in task {task_id:?}"),
+            move |conn| sql::find_approval(conn, &task, &tool_name, &hash, now),
+        )
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        approval_id: &str,
+        approve: bool,
+        decided_by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let (id, approver, reason) = (
+            approval_id.to_owned(),
+            decided_by.to_owned(),
+            reason.map(str::to_owned),
+        );
+        let outcome = self
+            .write(format!("decide approval {approval_id:?}"), move |conn| {
+                sql::decide_approval(conn, &id, approve, &approver, reason.as_deref(), now)
+            })
+            .await?;
+        match outcome {
+            ApprovalDecision::Decided(approval) => {
+                info!(
+                    store = %self.db.label,
+                    approval.id = %approval.approval_id,
+                    approval.status = %approval.status,
+                    task.id = %approval.task_id,
+                    tool.name = %approval.tool,
+                    "approval decided"
+                );
+                Ok(*approval)
+            }
+            ApprovalDecision::NotFound => Err(StoreError::ApprovalNotFound {
+                approval_id: approval_id.to_owned(),
+            }),
+            ApprovalDecision::Conflict { status, changed_at } => {
+                Err(StoreError::ApprovalConflict {
+                    approval_id: approval_id.to_owned(),
+                    status,
+                    changed_at,
+                })
+            }
+        }
+    }
+
+    async fn consume_approval(&self, approval_id: &str, now: i64) -> Result<bool, StoreError> {
+        let id = approval_id.to_owned();
+        self.write(format!("consume approval {approval_id:?}"), move |conn| {
+            sql::consume_approval(conn, &id, now)
         })
         .await
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{defaults, demo, identity, inspect};
+use crate::{approvals, defaults, demo, identity, inspect};
 
 /// Warden: a runtime authorization gateway for AI agents.
 #[derive(Debug, Parser)]
@@ -37,6 +37,9 @@ pub enum Command {
     /// Development workload identities for machines without SPIRE.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Review calls held for human approval (needs WARDEN_ADMIN_TOKEN).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Read task traces from the store.
     #[command(subcommand)]
     Trace(TraceCommand),
@@ -73,6 +76,55 @@ pub enum IdentityCommand {
     },
     /// Print the development issuer's SPIFFE bundle (a JWK set).
     Bundle,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List approval requests, newest first.
+    List {
+        /// Status to list: pending, approved, denied, consumed, expired or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Gateway URL; defaults to http://LISTEN from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print one approval request.
+    Show {
+        /// Approval id.
+        id: String,
+        /// Gateway URL; defaults to http://LISTEN from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Approve a held call; the same call then runs once.
+    Approve {
+        /// Approval id.
+        id: String,
+        /// Name recorded in the trace as the approver.
+        #[arg(long)]
+        approver: Option<String>,
+        /// Reason recorded in the trace.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Gateway URL; defaults to http://LISTEN from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Deny a held call; the decision is final for that call.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Name recorded in the trace as the approver.
+        #[arg(long)]
+        approver: Option<String>,
+        /// Reason recorded in the trace.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Gateway URL; defaults to http://LISTEN from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl,
         }) => identity::issue(&config, &spiffe_id, audience, &ttl),
         Command::Identity(IdentityCommand::Bundle) => identity::bundle(&config),
+        Command::Approvals(command) => runtime.block_on(run_approvals(&config, command)),
         Command::Trace(TraceCommand::List { limit }) => runtime.block_on(inspect::trace_list(&config, limit)),
         Command::Trace(TraceCommand::Show { id, json }) => {
             runtime.block_on(inspect::trace_show(&config, &id, json))
@@ -156,6 +209,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify) => runtime.block_on(inspect::audit_verify(&config)),
         Command::ExampleServer { .. } | Command::CheckConfig { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn run_approvals(config: &defaults::Effective, command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ApprovalsCommand::List { status, url } => {
+            approvals::list(&approvals::AdminClient::new(config, url)?, &status).await
+        }
+        ApprovalsCommand::Show { id, url } => {
+            approvals::show(&approvals::AdminClient::new(config, url)?, &id).await
+        }
+        ApprovalsCommand::Approve { id, approver, reason, url } => {
+            let client = approvals::AdminClient::new(config, url)?;
+            approvals::decide(&client, &id, true, approver, reason).await
+        }
+        ApprovalsCommand::Deny { id, approver, reason, url } => {
+            let client = approvals::AdminClient::new(config, url)?;
+            approvals::decide(&client, &id, false, approver, reason).await
+        }
     }
 }
 
@@ -200,6 +272,7 @@ fn init_logging(default: &str) {
     let json = std::env::var("WARDEN_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

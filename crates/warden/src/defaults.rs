@@ -60,7 +60,7 @@ pub fn add_example_servers(config: &mut Config, root: &Path) -> anyhow::Result<(
     let classes: [(&str, &[(&str, &[&str])]); 3] = [
         ("files", &[("read_file", &["read"]), ("list_directory", &["read"]), ("write_file", &["write"])]),
         ("mail", &[("send_email", &["external-send"])]),
-        ("billing", &[("refund", &["payment", "write"])]),
+        ("billing", &[("refund", &["payment", "write"]), ("void_invoice", &["payment", "delete"])]),
     ];
     for (server, tools) in classes {
         let upstream = UpstreamConfig {

@@ -4,8 +4,9 @@
 //! The agent authenticates with a JWT-SVID from the development issuer,
 //! starts a task, and then alternates thought, tool call and observation
 //! through Warden's MCP endpoint. Some calls are allowed, some are denied by
-//! policy or by the task's scope. At the end the task is ended and its trace
-//! printed. Everything lives in a temporary directory removed on exit.
+//! policy or by the task's scope, and one is held until a scripted approver
+//! approves it through the admin API. At the end the task is ended and its
+//! trace printed. Everything lives in a temporary directory removed on exit.
 
 use std::process::ExitCode;
 
@@ -78,12 +79,23 @@ fn script() -> Vec<Step> {
             tool: "billing__refund",
             arguments: json!({ "order_id": "A-1001", "amount": 40 }),
         },
+        Step {
+            thought: "A second customer needs a larger refund.",
+            tool: "billing__refund",
+            arguments: json!({ "order_id": "A-1002", "amount": 250 }),
+        },
+        Step {
+            thought: "Their old invoice should be voided as well.",
+            tool: "billing__void_invoice",
+            arguments: json!({ "invoice_id": "INV-77" }),
+        },
     ]
 }
 
 /// Runs the demo and returns its exit code.
 pub async fn run() -> anyhow::Result<ExitCode> {
     let data_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let admin_token = format!("demo-admin-{}", uuid::Uuid::new_v4().simple());
     let mut config = Config {
         data_dir: Some(data_dir.path().to_path_buf()),
         ..Config::default()
@@ -95,7 +107,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         effective.config,
         warden_gateway::GatewayOptions {
             policy_source: effective.policy_source,
-            admin_token: None,
+            admin_token: Some(admin_token.clone()),
         },
     )
     .await?;
@@ -117,7 +129,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         .json(&json!({
             "intent": "Summarise this week's meeting notes and send the summary to the team",
             "user": "alice@acme.test",
-            "tools": ["files__*", "mail__send_email"],
+            "tools": ["files__*", "mail__send_email", "billing__refund"],
             "ttl_seconds": 300
         }))
         .send()
@@ -131,6 +143,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     println!("Agent {AGENT} started task {task_id}");
     println!("  for user alice@acme.test, tools {}, trace {trace_id}\n", task["tools"]);
 
+    let approver = tokio::spawn(approve_pending(http.clone(), base.clone(), admin_token.clone()));
     let mut mcp = McpClient::connect(&http, &format!("{base}/mcp"), &token).await?;
     let listed = mcp.request("tools/list", json!({})).await?;
     let names: Vec<&str> = listed["result"]["tools"]
@@ -184,6 +197,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         }
     );
 
+    approver.abort();
     state.store.flush().await?;
     let records = state.store.trace(&trace_id).await?;
     println!("Trace of the task ({} records):", records.len());
@@ -196,6 +210,39 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         bail!("the demo expected both allowed and refused steps");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plays the human approver: approves every pending request it sees.
+async fn approve_pending(http: reqwest::Client, base: String, admin_token: String) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Ok(response) = http
+            .get(format!("{base}/v1/approvals?status=pending"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(list) = response.json::<Value>().await else {
+            continue;
+        };
+        for approval in list["approvals"].as_array().into_iter().flatten() {
+            let id = approval["approval_id"].as_str().unwrap_or_default();
+            println!(
+                "  Approver:    bob@acme.test sees approval {id} for {} {} ({}) and approves it",
+                approval["tool"].as_str().unwrap_or_default(),
+                approval["arguments"],
+                approval["reason"].as_str().unwrap_or_default()
+            );
+            let _ = http
+                .post(format!("{base}/v1/approvals/{id}/approve"))
+                .bearer_auth(&admin_token)
+                .json(&json!({ "approver": "bob@acme.test", "reason": "the customer was promised this refund" }))
+                .send()
+                .await;
+        }
+    }
 }
 
 fn join(ids: &Value) -> String {

@@ -152,6 +152,9 @@ fn render_node(
     if let Some(arguments) = r.detail.get("arguments").filter(|a| !a.is_null()) {
         line.push_str(&format!(" {arguments}"));
     }
+    if let Some(approver) = r.detail.get("approver").and_then(|a| a.as_str()) {
+        line.push_str(&format!(" by {approver}"));
+    }
     if let Some(outcome) = r.detail.get("outcome").and_then(|o| o.as_str()) {
         let error = r.detail.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false);
         let ms = r.detail.get("duration_ms").and_then(|d| d.as_f64()).unwrap_or(0.0);

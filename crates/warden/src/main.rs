@@ -1,5 +1,6 @@
 //! The `warden` command: argument parsing and dispatch only.
 
+mod approvals;
 mod cli;
 mod defaults;
 mod demo;

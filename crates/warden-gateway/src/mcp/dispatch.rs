@@ -14,8 +14,10 @@ use serde_json::{Map, Value, json};
 use warden_core::Decision;
 use warden_identity::TaskClaims;
 use warden_policy::{Outcome as PolicyOutcome, Step, StepRequest, TaskContext};
+use warden_store::ApprovalStatus;
 
 use super::{DECISION_META_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, RpcError, code};
+use crate::approvals;
 use crate::audit;
 use crate::scope;
 use crate::state::AppState;
@@ -335,7 +337,32 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         policies = ?outcome.policy_ids,
         "tool call decided"
     );
-    if outcome.decision != Decision::Allow {
+    let mut outcome = outcome;
+    if outcome.decision == Decision::Hold {
+        match approvals::resolve(state, claims, &qualified, &decided_arguments, &outcome, &span).await {
+            Ok(approvals::Resolution::Proceed { approval_id }) => {
+                tracing::info!(task.id = %claims.task_id, tool.name = %qualified, approval.id = %approval_id, "approved call proceeds");
+            }
+            Ok(approvals::Resolution::Refuse { approval_id, status }) => {
+                if status == ApprovalStatus::Denied {
+                    outcome.decision = Decision::Deny;
+                    outcome.reason = format!("a person denied this exact call (approval {approval_id}); the decision is final");
+                } else if status == ApprovalStatus::Expired {
+                    outcome.reason = format!(
+                        "{}; approval request {approval_id} expired before a decision, so retry to request a new one",
+                        outcome.reason
+                    );
+                }
+                return Ok(refusal(claims, &qualified, &outcome, Some(&approval_id)));
+            }
+            Err(error) => {
+                tracing::error!(task.id = %claims.task_id, tool.name = %qualified, %error, "approval store failed; denying the held call");
+                outcome.decision = Decision::Deny;
+                outcome.reason = format!("the approval store is unavailable ({error}); try again later");
+                return Ok(refusal(claims, &qualified, &outcome, None));
+            }
+        }
+    } else if outcome.decision != Decision::Allow {
         return Ok(refusal(claims, &qualified, &outcome, None));
     }
 

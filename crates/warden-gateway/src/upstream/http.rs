@@ -1,7 +1,11 @@
 //! Streamable HTTP upstreams.
 //!
-//! Warden opens one MCP session per HTTP upstream with the `initialize`
-//! handshake and sends each request as a POST. A response comes back as
+//! Warden first asks the upstream with `server/discover` whether it speaks
+//! the stateless revision 2026-07-28. If it does, every request carries the
+//! per-request `_meta` envelope and its mirrored headers, and there is no
+//! session. Otherwise (any error, including 404 or a JSON-RPC error) Warden
+//! opens one MCP session with the `initialize` handshake. Each request is a
+//! POST. A response comes back as
 //! JSON or as an event stream; in a stream, notifications are skipped and
 //! server-to-client requests are answered (ping) or rejected, until the
 //! response with the request's id arrives. When the server forgets the
@@ -22,12 +26,17 @@ use crate::sse;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
+/// The stateless revision Warden speaks to upstreams that offer it.
+pub const MODERN_VERSION: &str = "2026-07-28";
 
 #[derive(Debug, Clone)]
 struct Session {
     id: Option<String>,
     protocol_version: String,
     initialize: Value,
+    modern: bool,
 }
 
 /// A Streamable HTTP upstream.
@@ -93,6 +102,9 @@ impl HttpClient {
             if let Some(params) = &params {
                 message["params"] = params.clone();
             }
+            if session.modern {
+                add_envelope(&mut message);
+            }
             match self.post(Some(&session), &message, Some(id)).await? {
                 Reply::Message(response) => return outcome_of(&self.server, &response),
                 Reply::SessionExpired => {
@@ -111,6 +123,10 @@ impl HttpClient {
     /// Sends one notification.
     pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), UpstreamError> {
         let session = self.ensure_session().await?;
+        if session.modern {
+            // 2026-07-28 defines no client-to-server notifications.
+            return Ok(());
+        }
         let mut message = json!({ "jsonrpc": "2.0", "method": method });
         if let Some(params) = params {
             message["params"] = params;
@@ -123,6 +139,64 @@ impl HttpClient {
         if let Some(session) = slot.as_ref() {
             return Ok(session.clone());
         }
+        let session = match self.discover().await? {
+            Some(session) => session,
+            None => self.initialize().await?,
+        };
+        tracing::info!(upstream = %self.server, url = %self.url, protocol = %session.protocol_version, "upstream connected");
+        self.connected.store(true, Ordering::Release);
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Probes for the stateless revision; `None` means "use the handshake".
+    async fn discover(&self) -> Result<Option<Session>, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut message = json!({ "jsonrpc": "2.0", "id": id, "method": "server/discover", "params": {} });
+        add_envelope(&mut message);
+        let probe = Session {
+            id: None,
+            protocol_version: MODERN_VERSION.to_owned(),
+            initialize: Value::Null,
+            modern: true,
+        };
+        let response = self.post_raw(Some(&probe), &message).await?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let Ok(Reply::Message(reply)) = self.read_reply(response, Some(id), None).await else {
+            return Ok(None);
+        };
+        let Some(result) = reply.get("result") else {
+            return Ok(None);
+        };
+        let modern = result
+            .get("supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|versions| versions.iter().any(|v| v == MODERN_VERSION));
+        if !modern {
+            return Ok(None);
+        }
+        let mut initialize = json!({
+            "protocolVersion": MODERN_VERSION,
+            "capabilities": result.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+            "serverInfo": result
+                .pointer("/_meta/io.modelcontextprotocol~1serverInfo")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        });
+        if let Some(instructions) = result.get("instructions") {
+            initialize["instructions"] = instructions.clone();
+        }
+        Ok(Some(Session {
+            id: None,
+            protocol_version: MODERN_VERSION.to_owned(),
+            initialize,
+            modern: true,
+        }))
+    }
+
+    async fn initialize(&self) -> Result<Session, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = json!({
             "jsonrpc": "2.0", "id": id, "method": "initialize",
@@ -153,12 +227,10 @@ impl HttpClient {
             id: session_id,
             protocol_version,
             initialize,
+            modern: false,
         };
         let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
         self.post(Some(&session), &initialized, None).await?;
-        tracing::info!(upstream = %self.server, url = %self.url, protocol = %session.protocol_version, "upstream session opened");
-        self.connected.store(true, Ordering::Release);
-        *slot = Some(session.clone());
         Ok(session)
     }
 
@@ -196,6 +268,9 @@ impl HttpClient {
             }
             if let Ok(value) = HeaderValue::from_str(&session.protocol_version) {
                 headers.insert(VERSION_HEADER, value);
+            }
+            if session.modern {
+                add_routing_headers(&mut headers, message);
             }
         }
         self.client
@@ -332,5 +407,60 @@ impl HttpClient {
             server: self.server.clone(),
             detail: detail.to_owned(),
         }
+    }
+}
+
+/// Adds the 2026-07-28 per-request envelope to a request's `params._meta`.
+fn add_envelope(message: &mut Value) {
+    if !message["params"].is_object() {
+        message["params"] = json!({});
+    }
+    let params = &mut message["params"];
+    if !params["_meta"].is_object() {
+        params["_meta"] = json!({});
+    }
+    let meta = &mut params["_meta"];
+    meta["io.modelcontextprotocol/protocolVersion"] = json!(MODERN_VERSION);
+    meta["io.modelcontextprotocol/clientCapabilities"] = json!({});
+    meta["io.modelcontextprotocol/clientInfo"] =
+        json!({ "name": "warden", "version": env!("CARGO_PKG_VERSION") });
+}
+
+/// Mirrors the method and, for named requests, the name into headers.
+// NOTE: `Mcp-Param-*` headers for arguments annotated with `x-mcp-header`
+// are not sent, so a 2026-07-28 upstream that requires them rejects the call.
+fn add_routing_headers(headers: &mut HeaderMap, message: &Value) {
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        return;
+    };
+    if let Ok(value) = HeaderValue::from_str(method) {
+        headers.insert(METHOD_HEADER, value);
+    }
+    let name = match method {
+        "tools/call" | "prompts/get" => message.pointer("/params/name"),
+        "resources/read" => message.pointer("/params/uri"),
+        _ => None,
+    };
+    if let Some(name) = name.and_then(Value::as_str)
+        && let Ok(value) = HeaderValue::from_str(&encode_header_value(name))
+    {
+        headers.insert(NAME_HEADER, value);
+    }
+}
+
+/// Encodes a header value as plain printable ASCII or, when it would not
+/// survive as a header, as `=?base64?...?=`.
+fn encode_header_value(value: &str) -> String {
+    use base64::Engine;
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && value.trim() == value
+        && !(value.starts_with("=?base64?") && value.ends_with("?="));
+    if plain {
+        value.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(value.as_bytes())
+        )
     }
 }

@@ -1,8 +1,8 @@
 //! Conversion of one call's JSON arguments to the tool's Cedar types.
 //!
-//! Conversion runs before evaluation, so a policy never sees a value of the
-//! wrong type: Cedar skips a policy whose evaluation fails, and a `forbid`
-//! that compares the string `"5000"` with a number would silently drop out.
+//! Conversion runs before evaluation, so a policy never receives a value of
+//! the wrong type. Cedar skips a policy whose evaluation fails, so a `forbid`
+//! that compared the string `"5000"` with a number would silently drop out.
 //! The converted JSON is what Warden forwards, so the upstream receives the
 //! values the policies decided on. Path arguments are the one exception:
 //! policies see the normalised path and the upstream receives the caller's
@@ -13,7 +13,7 @@ use serde_json::{Map, Number, Value};
 
 use super::types::{ArgType, RecordType};
 
-/// Longest string value quoted in full in an error message.
+/// Maximum number of characters of a string value quoted in an error message.
 const MAX_QUOTED_CHARS: usize = 64;
 
 /// Cedar decimals carry exactly this many fraction digits.
@@ -34,7 +34,7 @@ pub(crate) struct ConvertedArguments {
 pub(crate) enum ArgumentError {
     /// A value that cannot be converted to the declared type.
     Mismatch {
-        /// Where the value sits, e.g. `options.limit` or `tags[2]`.
+        /// Location of the value, e.g. `options.limit` or `tags[2]`.
         location: String,
         /// Description of the declared type.
         expected: String,
@@ -43,14 +43,14 @@ pub(crate) enum ArgumentError {
     },
     /// A property that the schema does not declare.
     Undeclared {
-        /// Where the property sits.
+        /// Location of the property.
         location: String,
         /// Names the schema declares at that level.
         declared: Vec<String>,
     },
     /// A required property that is absent or null.
     Missing {
-        /// Where the property should be.
+        /// Location the property is missing from.
         location: String,
         /// Description of the declared type.
         expected: String,

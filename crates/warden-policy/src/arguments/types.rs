@@ -58,7 +58,7 @@ pub(crate) struct Field {
     /// Whether the property is listed in the object's `required`.
     pub(crate) required: bool,
     /// Cedar type, or `None` when the property has no usable JSON Schema
-    /// type; such a property is forwarded unchanged and left out of the
+    /// type. Such a property is forwarded unchanged and left out of the
     /// Cedar record, so a policy that reads it fails validation.
     pub(crate) kind: Option<ArgType>,
 }
@@ -68,7 +68,7 @@ pub(crate) struct Field {
 pub(crate) struct PathArgumentError {
     /// Argument name from the operator's list.
     pub(crate) argument: String,
-    /// What is wrong with it.
+    /// Description of the problem.
     pub(crate) problem: &'static str,
 }
 

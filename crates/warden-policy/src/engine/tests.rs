@@ -422,10 +422,10 @@ fn hold_policy_turns_allow_into_hold() {
          when {{ context.arguments.amount > 1000 }};"
     );
     let engine = engine(&policies);
-    let held = call(&engine, "pay__transfer", json!({"amount": 5000}));
-    assert_eq!(held.decision, Decision::Hold);
-    assert_eq!(held.policy_ids, vec!["big-transfer"]);
-    assert_eq!(held.reason, "transfers above 1000 need a human approval");
+    let large = call(&engine, "pay__transfer", json!({"amount": 5000}));
+    assert_eq!(large.decision, Decision::Hold);
+    assert_eq!(large.policy_ids, vec!["big-transfer"]);
+    assert_eq!(large.reason, "transfers above 1000 need a human approval");
     let small = call(&engine, "pay__transfer", json!({"amount": 10}));
     assert_eq!(small.decision, Decision::Allow);
 }

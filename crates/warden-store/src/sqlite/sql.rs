@@ -13,9 +13,18 @@ use crate::{
     AuditRecord, GENESIS_HASH, NewAuditRecord, StoreError, TaskRecord, TraceSummary, record_hash,
 };
 
+mod approval;
+
+pub(super) use self::approval::{
+    ApprovalDecision, ApprovalInsert, consume_approval, decide_approval, find_approval,
+    insert_approval, select_approval, select_approvals,
+};
+
 /// Schema migrations; entry `i` moves the schema from version `i` to
-/// `i + 1`, and `PRAGMA user_version` stores the version reached.
-const MIGRATIONS: &[&str] = &[
+/// `i + 1`, and `PRAGMA user_version` stores the version reached. Stores
+/// in the field ran the released entries, so a schema change is a new
+/// entry and never an edit of an old one.
+pub(super) const MIGRATIONS: &[&str] = &[
     // Version 1: tasks and the audit log. STRICT tables reject values of
     // the wrong type instead of converting them.
     "CREATE TABLE tasks (
@@ -56,6 +65,32 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_trace ON audit (trace_id, seq);
     CREATE INDEX audit_task ON audit (task_id, seq);
     CREATE INDEX audit_denials ON audit (trace_id) WHERE decision = 'deny';",
+    // Version 2: human approvals of held tool calls. `status` is the last
+    // stored transition; reads turn an overdue pending or approved row into
+    // `expired` without writing it.
+    "CREATE TABLE approvals (
+        approval_id TEXT PRIMARY KEY NOT NULL,
+        task_id TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        user TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        arguments_hash TEXT NOT NULL,
+        policy_ids TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'approved', 'denied', 'consumed', 'expired')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        decided_at INTEGER,
+        decided_by TEXT,
+        decision_reason TEXT,
+        consumed_at INTEGER
+    ) STRICT;
+    CREATE INDEX approvals_call ON approvals (task_id, tool, arguments_hash);
+    CREATE INDEX approvals_status ON approvals (status, created_at);
+    CREATE INDEX approvals_created ON approvals (created_at);",
 ];
 
 /// The schema version this build creates and reads.

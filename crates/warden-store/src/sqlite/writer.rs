@@ -14,11 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::sql;
+use crate::check::exceeds_depth;
 use crate::{NewAuditRecord, StoreError};
 
 /// Waits between commit attempts of one batch; after the last attempt
@@ -427,45 +427,9 @@ fn take(message: Message, batch: &mut Vec<NewAuditRecord>) -> Option<Control> {
     }
 }
 
-/// Returns true when `value` nests arrays and objects more than `limit`
-/// levels deep. Walks with an explicit stack, so any depth is safe.
-fn exceeds_depth(value: &Value, limit: usize) -> bool {
-    let mut pending = vec![(value, 0_usize)];
-    while let Some((value, depth)) = pending.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > limit {
-            return true;
-        }
-        pending.extend(children.map(|child| (child, depth + 1)));
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    fn nested(levels: usize) -> Value {
-        let mut value = json!(1);
-        for _ in 0..levels {
-            value = json!([value]);
-        }
-        value
-    }
-
-    #[test]
-    fn exceeds_depth_counts_containers() {
-        assert!(!exceeds_depth(&json!(1), 0));
-        assert!(!exceeds_depth(&nested(3), 3));
-        assert!(exceeds_depth(&nested(4), 3));
-        assert!(exceeds_depth(&json!({"a": {"b": [1]}}), 2));
-    }
 
     #[test]
     fn lost_records_counts_every_add() {

@@ -1,0 +1,105 @@
+//! Failing upstreams behind a real `warden serve`: a server that exits in
+//! the middle of a call and one that answers later than its timeout. The
+//! agent gets a JSON-RPC error, the gateway stays up, and the next call is
+//! served by a restarted process.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Setup, Upstream, Warden, result_text};
+
+const ALLOW_ALL: &str = r#"
+@id("allow-all-calls")
+permit (principal, action in Warden::Action::"call_tool", resource);
+"#;
+
+async fn gateway(testkit: Upstream) -> Warden {
+    Warden::start(Setup::new(
+        vec![testkit, Upstream::new("files", "files")],
+        ALLOW_ALL,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn upstream_crash_returns_error_and_restarts() {
+    let warden = gateway(Upstream::new("testkit", "testkit")).await;
+    let session = warden.session(&warden.task().await).await;
+
+    let (status, crashed) = session
+        .request(json!(1), "tools/call", json!({ "name": "testkit__crash", "arguments": {} }))
+        .await;
+    let health = warden.health().await;
+    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+
+    assert_eq!(status, 200, "{crashed}");
+    assert!(crashed["error"]["code"].is_i64(), "{crashed}");
+    assert!(crashed.get("result").is_none(), "{crashed}");
+    assert_eq!(health, 200);
+    assert_eq!(result_text(&next), "back", "{next}");
+}
+
+#[tokio::test]
+async fn upstream_repeated_crashes_leave_others_working() {
+    let warden = gateway(Upstream::new("testkit", "testkit")).await;
+    let session = warden.session(&warden.task().await).await;
+    std::fs::write(warden.files.workspace_file("/workspace/a.txt"), "file a")
+        .expect("write workspace file");
+
+    for round in 0..2 {
+        let crashed = session.call_tool("testkit__crash", json!({})).await;
+        assert!(crashed["error"].is_object(), "round {round}: {crashed}");
+        let other = session
+            .call_tool("files__read_file", json!({ "path": "/workspace/a.txt" }))
+            .await;
+        assert_eq!(result_text(&other), "file a", "round {round}: {other}");
+    }
+    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+
+    assert_eq!(warden.health().await, 200);
+    assert_eq!(result_text(&next), "back", "{next}");
+}
+
+#[tokio::test]
+async fn upstream_timeout_returns_error_and_restarts() {
+    let warden = gateway(Upstream::new("testkit", "testkit").timeout(1)).await;
+    let session = warden.session(&warden.task().await).await;
+
+    let started = Instant::now();
+    let slow = session.call_tool("testkit__sleep", json!({ "seconds": 5 })).await;
+    let elapsed = started.elapsed();
+    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+
+    assert!(slow["error"]["code"].is_i64(), "{slow}");
+    assert!(slow.get("result").is_none(), "{slow}");
+    assert!(elapsed < Duration::from_millis(2500), "answered after {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(900), "answered after {elapsed:?}");
+    assert_eq!(result_text(&next), "back", "{next}");
+}
+
+#[tokio::test]
+async fn upstream_timeout_spares_concurrent_sessions_of_other_servers() {
+    let warden = gateway(Upstream::new("testkit", "testkit").timeout(1)).await;
+    let task = warden.task().await;
+    let first = warden.session(&task).await;
+    let second = warden.session(&task).await;
+    std::fs::write(warden.files.workspace_file("/workspace/a.txt"), "file a")
+        .expect("write workspace file");
+
+    let slow = first.call_tool("testkit__sleep", json!({ "seconds": 5 }));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let reply = second
+            .call_tool("files__read_file", json!({ "path": "/workspace/a.txt" }))
+            .await;
+        (reply, started.elapsed())
+    };
+    let (slow, (other, other_elapsed)) = tokio::join!(slow, other);
+
+    assert!(slow["error"].is_object(), "{slow}");
+    assert_eq!(result_text(&other), "file a", "{other}");
+    assert!(other_elapsed < Duration::from_millis(500), "files waited {other_elapsed:?}");
+}
