@@ -101,7 +101,10 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         if !seen_domains.insert(domain.name.as_str()) {
             report(
                 &format!("{key}.name"),
-                format!("trust domain {:?} is listed twice; keep one entry", domain.name),
+                format!(
+                    "trust domain {:?} is listed twice; keep one entry",
+                    domain.name
+                ),
             );
         }
         if config.identity.dev_issuer && domain.name == config.identity.dev_trust_domain {
@@ -185,6 +188,15 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         );
     }
 
+    if config.delegation.max_depth > 16 {
+        report(
+            "delegation.max_depth",
+            format!(
+                "{} hops is more than the maximum of 16; a deep chain is hard to audit",
+                config.delegation.max_depth
+            ),
+        );
+    }
     let approvals = &config.approvals;
     if approvals.ttl_seconds == 0 {
         report(
@@ -227,7 +239,10 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     {
         report(
             "admin.token_file",
-            format!("file {} does not exist; write the admin token into it or remove the key", file.display()),
+            format!(
+                "file {} does not exist; write the admin token into it or remove the key",
+                file.display()
+            ),
         );
     }
 
@@ -284,9 +299,9 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
 pub(crate) fn is_trust_domain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 fn is_server_name(name: &str) -> bool {
@@ -321,9 +336,8 @@ mod tests {
 
     #[test]
     fn check_rejects_upstream_with_both_transports() {
-        let problems = problems_of(
-            "[upstreams.fs]\ncommand = \"x\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
-        );
+        let problems =
+            problems_of("[upstreams.fs]\ncommand = \"x\"\nurl = \"http://127.0.0.1:1/mcp\"\n");
         assert!(problems.iter().any(|p| p.key == "upstreams.fs"));
     }
 
@@ -355,8 +369,11 @@ mod tests {
 
     #[test]
     fn check_rejects_default_ttl_above_max() {
-        let problems =
-            problems_of("[tasks]\ndefault_ttl_seconds = 1000\nmax_ttl_seconds = 900\n");
-        assert!(problems.iter().any(|p| p.key == "tasks.default_ttl_seconds"));
+        let problems = problems_of("[tasks]\ndefault_ttl_seconds = 1000\nmax_ttl_seconds = 900\n");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "tasks.default_ttl_seconds")
+        );
     }
 }

@@ -93,6 +93,9 @@ pub struct Config {
     /// Administrator access to the approval and trace endpoints.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Delegation between agents by token exchange.
+    #[serde(default)]
+    pub delegation: DelegationConfig,
     /// Upstream MCP servers by name. The name prefixes the server's tools
     /// as `{name}__{tool}` and selects it in `/mcp/{name}`.
     #[serde(default)]
@@ -283,6 +286,25 @@ impl Default for ApprovalsConfig {
             webhook_url: None,
             webhook_secret_env: None,
             webhook_secret_file: None,
+        }
+    }
+}
+
+/// Delegation between agents by token exchange (RFC 8693).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationConfig {
+    /// Most hops below a root task; an exchange that would go deeper is
+    /// refused whatever the policies say. Policies can set a lower bound
+    /// with `context.depth`.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: u32,
+}
+
+impl Default for DelegationConfig {
+    fn default() -> Self {
+        DelegationConfig {
+            max_depth: default_max_depth(),
         }
     }
 }
@@ -521,6 +543,10 @@ fn default_call_timeout() -> u64 {
 
 fn default_start_timeout() -> u64 {
     20
+}
+
+fn default_max_depth() -> u32 {
+    4
 }
 
 fn default_approval_wait() -> u64 {

@@ -104,6 +104,9 @@ mod tests {
         assert!(!is_within("/srv/data_private/key.pem", "/srv/data"));
         assert!(!is_within("/srv/data/../data_private/key.pem", "/srv/data"));
         assert!(!is_within("srv/data/a", "/srv/data"));
-        assert!(!is_within("/srv/data/x\\..\\..\\y/../../data_private/k", "/srv/data"));
+        assert!(!is_within(
+            "/srv/data/x\\..\\..\\y/../../data_private/k",
+            "/srv/data"
+        ));
     }
 }

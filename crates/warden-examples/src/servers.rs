@@ -33,66 +33,114 @@ impl Server {
     pub fn tools(&self) -> Value {
         match self.name.as_str() {
             "files" => json!([
-                tool("read_file", "Read a text file under /workspace.", json!({
-                    "type": "object",
-                    "properties": { "path": { "type": "string", "description": "Absolute path, e.g. /workspace/notes/todo.md" } },
-                    "required": ["path"]
-                }), json!({ "readOnlyHint": true, "openWorldHint": false })),
-                tool("list_directory", "List a directory under /workspace.", json!({
-                    "type": "object",
-                    "properties": { "path": { "type": "string" } },
-                    "required": ["path"]
-                }), json!({ "readOnlyHint": true, "openWorldHint": false })),
-                tool("write_file", "Create or replace a text file under /workspace.", json!({
-                    "type": "object",
-                    "properties": { "path": { "type": "string" }, "content": { "type": "string" } },
-                    "required": ["path", "content"]
-                }), json!({ "readOnlyHint": false, "destructiveHint": true, "openWorldHint": false })),
+                tool(
+                    "read_file",
+                    "Read a text file under /workspace.",
+                    json!({
+                        "type": "object",
+                        "properties": { "path": { "type": "string", "description": "Absolute path, e.g. /workspace/notes/todo.md" } },
+                        "required": ["path"]
+                    }),
+                    json!({ "readOnlyHint": true, "openWorldHint": false })
+                ),
+                tool(
+                    "list_directory",
+                    "List a directory under /workspace.",
+                    json!({
+                        "type": "object",
+                        "properties": { "path": { "type": "string" } },
+                        "required": ["path"]
+                    }),
+                    json!({ "readOnlyHint": true, "openWorldHint": false })
+                ),
+                tool(
+                    "write_file",
+                    "Create or replace a text file under /workspace.",
+                    json!({
+                        "type": "object",
+                        "properties": { "path": { "type": "string" }, "content": { "type": "string" } },
+                        "required": ["path", "content"]
+                    }),
+                    json!({ "readOnlyHint": false, "destructiveHint": true, "openWorldHint": false })
+                ),
             ]),
-            "mail" => json!([tool("send_email", "Send an email.", json!({
-                "type": "object",
-                "properties": {
-                    "to": { "type": "string", "format": "email" },
-                    "subject": { "type": "string" },
-                    "body": { "type": "string" }
-                },
-                "required": ["to", "subject", "body"]
-            }), json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true }))]),
-            "billing" => json!([
-                tool("refund", "Refund an order.", json!({
+            "mail" => json!([tool(
+                "send_email",
+                "Send an email.",
+                json!({
                     "type": "object",
                     "properties": {
-                        "order_id": { "type": "string" },
-                        "amount": { "type": "number", "description": "Amount in the order's currency" }
+                        "to": { "type": "string", "format": "email" },
+                        "subject": { "type": "string" },
+                        "body": { "type": "string" }
                     },
-                    "required": ["order_id", "amount"]
-                }), json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true })),
-                tool("void_invoice", "Void an unpaid invoice.", json!({
-                    "type": "object",
-                    "properties": { "invoice_id": { "type": "string" } },
-                    "required": ["invoice_id"]
-                }), json!({ "readOnlyHint": false, "destructiveHint": true, "openWorldHint": true })),
+                    "required": ["to", "subject", "body"]
+                }),
+                json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true })
+            )]),
+            "billing" => json!([
+                tool(
+                    "refund",
+                    "Refund an order.",
+                    json!({
+                        "type": "object",
+                        "properties": {
+                            "order_id": { "type": "string" },
+                            "amount": { "type": "number", "description": "Amount in the order's currency" }
+                        },
+                        "required": ["order_id", "amount"]
+                    }),
+                    json!({ "readOnlyHint": false, "destructiveHint": false, "openWorldHint": true })
+                ),
+                tool(
+                    "void_invoice",
+                    "Void an unpaid invoice.",
+                    json!({
+                        "type": "object",
+                        "properties": { "invoice_id": { "type": "string" } },
+                        "required": ["invoice_id"]
+                    }),
+                    json!({ "readOnlyHint": false, "destructiveHint": true, "openWorldHint": true })
+                ),
             ]),
             _ => json!([
-                tool("echo", "Return the text.", json!({
-                    "type": "object",
-                    "properties": { "text": { "type": "string" } },
-                    "required": ["text"]
-                }), json!({ "readOnlyHint": true })),
-                tool("sleep", "Wait, then answer.", json!({
-                    "type": "object",
-                    "properties": { "seconds": { "type": "integer" } },
-                    "required": ["seconds"]
-                }), json!({ "readOnlyHint": true })),
-                tool("crash", "Exit the server process at once.", json!({
-                    "type": "object", "properties": {}
-                }), json!({ "readOnlyHint": true })),
+                tool(
+                    "echo",
+                    "Return the text.",
+                    json!({
+                        "type": "object",
+                        "properties": { "text": { "type": "string" } },
+                        "required": ["text"]
+                    }),
+                    json!({ "readOnlyHint": true })
+                ),
+                tool(
+                    "sleep",
+                    "Wait, then answer.",
+                    json!({
+                        "type": "object",
+                        "properties": { "seconds": { "type": "integer" } },
+                        "required": ["seconds"]
+                    }),
+                    json!({ "readOnlyHint": true })
+                ),
+                tool(
+                    "crash",
+                    "Exit the server process at once.",
+                    json!({
+                        "type": "object", "properties": {}
+                    }),
+                    json!({ "readOnlyHint": true })
+                ),
             ]),
         }
     }
 
     pub fn call(&self, params: &Value) -> CallResult {
-        let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let empty = json!({});
         let arguments = params.get("arguments").unwrap_or(&empty);
         let text = |key: &str| arguments.get(key).and_then(Value::as_str);
@@ -102,10 +150,15 @@ impl Server {
             ("files", "write_file") => Ok(self.write_file(text("path"), text("content"))),
             ("mail", "send_email") => Ok(self.append("outbox.jsonl", arguments, "queued message")),
             ("billing", "refund") => Ok(self.append("refunds.jsonl", arguments, "refund issued")),
-            ("billing", "void_invoice") => Ok(self.append("voided.jsonl", arguments, "invoice voided")),
+            ("billing", "void_invoice") => {
+                Ok(self.append("voided.jsonl", arguments, "invoice voided"))
+            }
             ("testkit", "echo") => Ok(ok(text("text").unwrap_or_default())),
             ("testkit", "sleep") => {
-                let seconds = arguments.get("seconds").and_then(Value::as_u64).unwrap_or(0);
+                let seconds = arguments
+                    .get("seconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 std::thread::sleep(Duration::from_secs(seconds.min(3600)));
                 Ok(ok(&format!("slept {seconds} s")))
             }
@@ -125,14 +178,20 @@ impl Server {
         if !(rest.is_empty() || rest.starts_with('/')) {
             return Err(failed(&format!("{path} is outside {WORKSPACE}")));
         }
-        Ok(self.root.join("workspace").join(rest.trim_start_matches('/')))
+        Ok(self
+            .root
+            .join("workspace")
+            .join(rest.trim_start_matches('/')))
     }
 
     fn read_file(&self, path: Option<&str>) -> Value {
         match self.resolve(path) {
             Ok(real) => match std::fs::read_to_string(&real) {
                 Ok(content) => ok(&content),
-                Err(error) => failed(&format!("cannot read {}: {error}", path.unwrap_or_default())),
+                Err(error) => failed(&format!(
+                    "cannot read {}: {error}",
+                    path.unwrap_or_default()
+                )),
             },
             Err(error) => error,
         }
@@ -148,14 +207,21 @@ impl Server {
                 let mut names: Vec<String> = entries
                     .filter_map(Result::ok)
                     .map(|entry| {
-                        let kind = if entry.path().is_dir() { "[DIR]" } else { "[FILE]" };
+                        let kind = if entry.path().is_dir() {
+                            "[DIR]"
+                        } else {
+                            "[FILE]"
+                        };
                         format!("{kind} {}", entry.file_name().to_string_lossy())
                     })
                     .collect();
                 names.sort();
                 ok(&names.join("\n"))
             }
-            Err(error) => failed(&format!("cannot list {}: {error}", path.unwrap_or_default())),
+            Err(error) => failed(&format!(
+                "cannot list {}: {error}",
+                path.unwrap_or_default()
+            )),
         }
     }
 
@@ -171,7 +237,10 @@ impl Server {
         }
         match std::fs::write(&real, content.unwrap_or_default()) {
             Ok(()) => ok(&format!("wrote {}", path.unwrap_or_default())),
-            Err(error) => failed(&format!("cannot write {}: {error}", path.unwrap_or_default())),
+            Err(error) => failed(&format!(
+                "cannot write {}: {error}",
+                path.unwrap_or_default()
+            )),
         }
     }
 
@@ -195,9 +264,18 @@ pub fn seed_workspace(root: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let files = [
-        ("notes/meeting-2026-12-01.md", "# Weekly sync\n\n- Refund flow ships on Thursday.\n- Alice owns the release notes.\n- Support backlog is down to 12 tickets.\n"),
-        ("notes/todo.md", "- Draft the weekly summary\n- Send it to team@acme.test\n"),
-        ("notes_private/salaries.csv", "name,salary\nalice,100\nbob,90\n"),
+        (
+            "notes/meeting-2026-12-01.md",
+            "# Weekly sync\n\n- Refund flow ships on Thursday.\n- Alice owns the release notes.\n- Support backlog is down to 12 tickets.\n",
+        ),
+        (
+            "notes/todo.md",
+            "- Draft the weekly summary\n- Send it to team@acme.test\n",
+        ),
+        (
+            "notes_private/salaries.csv",
+            "name,salary\nalice,100\nbob,90\n",
+        ),
         ("secrets/api-key.txt", "sk-demo-not-a-real-key\n"),
         ("drafts/.keep", ""),
     ];

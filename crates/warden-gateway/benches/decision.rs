@@ -70,6 +70,8 @@ fn task_context(claims: &TaskClaims) -> TaskContext {
         user: claims.user.clone(),
         intent: claims.intent.clone(),
         tools: claims.tools.clone(),
+        chain: vec![claims.sub.clone()],
+        depth: 0,
     }
 }
 

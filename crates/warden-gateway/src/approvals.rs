@@ -123,7 +123,9 @@ pub async fn resolve(
     let store = &state.store;
     let hash = warden_core::json::canonical_hash(arguments);
     let now = now_unix();
-    let existing = store.find_approval(&claims.task_id, tool, &hash, now).await?;
+    let existing = store
+        .find_approval(&claims.task_id, tool, &hash, now)
+        .await?;
     let approval_id = match existing {
         Some(record) => match record.status {
             ApprovalStatus::Approved => {
@@ -170,7 +172,7 @@ async fn request(
         approval_id: uuid::Uuid::new_v4().to_string(),
         task_id: claims.task_id.clone(),
         trace_id: claims.trace_id.clone(),
-        agent: claims.sub.clone(),
+        agent: crate::delegation::acting_agent(claims).to_owned(),
         user: claims.user.clone(),
         tool: tool.to_owned(),
         arguments: arguments.clone(),
@@ -391,8 +393,9 @@ async fn decide(
     let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionBody::default()
     } else {
-        let value = warden_core::json::parse_strict(&body)
-            .map_err(|error| ApiError::BadRequest(format!("request body is not valid JSON: {error}")))?;
+        let value = warden_core::json::parse_strict(&body).map_err(|error| {
+            ApiError::BadRequest(format!("request body is not valid JSON: {error}"))
+        })?;
         serde_json::from_value(value).map_err(|error| {
             ApiError::BadRequest(format!(
                 "invalid decision: {error}; send {{\"approver\": \"name\", \"reason\": \"why\"}} or no body"
@@ -401,12 +404,20 @@ async fn decide(
     };
     let approver = body.approver.unwrap_or_else(|| "admin".to_owned());
     if approver.trim().is_empty() || approver.len() > 256 {
-        return Err(ApiError::BadRequest("approver must be 1 to 256 characters".into()));
+        return Err(ApiError::BadRequest(
+            "approver must be 1 to 256 characters".into(),
+        ));
     }
     let now = now_unix();
     let record = match state
         .store
-        .decide_approval(&approval_id, approve, &approver, body.reason.as_deref(), now)
+        .decide_approval(
+            &approval_id,
+            approve,
+            &approver,
+            body.reason.as_deref(),
+            now,
+        )
         .await
     {
         Ok(record) => record,

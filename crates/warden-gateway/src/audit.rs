@@ -55,7 +55,7 @@ pub fn record(state: &AppState, claims: &TaskClaims, step: Step<'_>) -> String {
         span_id: span_id.clone(),
         parent_span_id: Some(parent),
         task_id: claims.task_id.clone(),
-        agent: claims.sub.clone(),
+        agent: crate::delegation::acting_agent(claims).to_owned(),
         user: claims.user.clone(),
         kind: step.kind.to_owned(),
         target: step.target.map(str::to_owned),

@@ -95,7 +95,9 @@ pub fn bearer(headers: &HeaderMap, what: &str) -> Result<String, ApiError> {
         )));
     };
     let value = value.to_str().map_err(|_| {
-        ApiError::Unauthorized("Authorization header is not ASCII; send Authorization: Bearer <token>".into())
+        ApiError::Unauthorized(
+            "Authorization header is not ASCII; send Authorization: Bearer <token>".into(),
+        )
     })?;
     let mut parts = value.splitn(2, ' ');
     let scheme = parts.next().unwrap_or_default();
@@ -111,25 +113,31 @@ pub fn bearer(headers: &HeaderMap, what: &str) -> Result<String, ApiError> {
 /// Verifies the agent's JWT-SVID.
 pub fn authenticate_agent(state: &AppState, headers: &HeaderMap) -> Result<SvidClaims, ApiError> {
     let token = bearer(headers, "JWT-SVID")?;
-    state
-        .verifier
-        .verify(&token, now_unix())
-        .map_err(|error| {
-            state.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%error, "JWT-SVID rejected");
-            ApiError::Unauthorized(error.to_string())
-        })
+    state.verifier.verify(&token, now_unix()).map_err(|error| {
+        state
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%error, "JWT-SVID rejected");
+        ApiError::Unauthorized(error.to_string())
+    })
 }
 
 /// Verifies a task token and checks that its task is still live.
-pub async fn authenticate_task(state: &AppState, headers: &HeaderMap) -> Result<TaskClaims, ApiError> {
+pub async fn authenticate_task(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<TaskClaims, ApiError> {
     let token = bearer(headers, "task token from POST /v1/tasks")?;
     let now = now_unix();
     let claims = match state.verified_tokens.get(&token, now) {
         Some(claims) => claims,
         None => {
             let claims = state.tokens.verify(&token, now).map_err(|error| {
-                state.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .metrics
+                    .auth_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%error, "task token rejected");
                 ApiError::Unauthorized(error.to_string())
             })?;
@@ -167,7 +175,10 @@ pub async fn check_live(state: &AppState, claims: &TaskClaims) -> Result<(), Api
     match status {
         TaskStatus::Active => Ok(()),
         TaskStatus::Revoked(at) => {
-            state.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(ApiError::Unauthorized(format!(
                 "task {} was ended at {}; start a new task with POST /v1/tasks",
                 claims.task_id,
@@ -175,7 +186,10 @@ pub async fn check_live(state: &AppState, claims: &TaskClaims) -> Result<(), Api
             )))
         }
         TaskStatus::Unknown => {
-            state.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(ApiError::Unauthorized(format!(
                 "task {} is not known to this gateway; start a new task with POST /v1/tasks",
                 claims.task_id
@@ -221,6 +235,9 @@ pub fn now_micros() -> i64 {
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }

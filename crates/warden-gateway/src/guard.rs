@@ -43,7 +43,11 @@ pub async fn check_host_and_origin(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if !state.allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(&host)) {
+    if !state
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(&host))
+    {
         tracing::warn!(host = %host, "request with a Host that is not allowed");
         return ApiError::Forbidden(format!(
             "Host {host:?} is not allowed; add it to server.allowed_hosts if this gateway is reached under that name"

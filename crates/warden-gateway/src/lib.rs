@@ -8,6 +8,7 @@
 //!
 //! - [`server`]: building, routing, reload and shutdown.
 //! - [`tasks`]: the task endpoints.
+//! - [`delegation`]: token exchange between agents.
 //! - [`mcp`]: the agent-facing MCP endpoint.
 //! - [`upstream`]: Warden as MCP client of the upstream servers.
 //! - [`approvals`]: human approval of held calls.
@@ -16,6 +17,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod delegation;
 pub mod guard;
 pub mod mcp;
 pub mod metrics;

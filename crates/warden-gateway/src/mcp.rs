@@ -132,7 +132,12 @@ pub async fn post_one(
     if !state.upstreams.contains_key(&server) {
         return ApiError::NotFound(format!(
             "no upstream server named {server:?}; the configured servers are: {}",
-            state.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+            state
+                .upstreams
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .into_response();
     }
@@ -224,7 +229,16 @@ async fn handle_post(
                     "request id must be a string or an integer",
                 );
             }
-            handle_request(&state, server, &headers, &claims, method, id.clone(), &message).await
+            handle_request(
+                &state,
+                server,
+                &headers,
+                &claims,
+                method,
+                id.clone(),
+                &message,
+            )
+            .await
         }
         (Some(method), None) => {
             if object.contains_key("id") {
@@ -271,7 +285,14 @@ async fn handle_request(
 ) -> Response {
     let params = message.get("params");
     if params.is_some_and(|p| !p.is_object()) {
-        return reply(None, &id, Err(RpcError::new(code::INVALID_PARAMS, "params must be an object")));
+        return reply(
+            None,
+            &id,
+            Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "params must be an object",
+            )),
+        );
     }
     let era = if method == "initialize" {
         Era::Initializing
@@ -327,7 +348,9 @@ async fn handle_request(
                     &id,
                     Err(RpcError::new(
                         code::INVALID_REQUEST,
-                        format!("request id {id} is already in flight on this session; use a new id"),
+                        format!(
+                            "request id {id} is already in flight on this session; use a new id"
+                        ),
                     )),
                 );
             }
@@ -362,6 +385,27 @@ async fn handle_request(
     response
 }
 
+/// Builds the policy view of a task from its token's claims: the acting
+/// agent and the delegation chain come from the `act` claim.
+pub fn task_context(claims: &warden_identity::TaskClaims) -> warden_policy::TaskContext {
+    let agent = crate::delegation::acting_agent(claims).to_owned();
+    let chain = crate::delegation::chain(claims);
+    warden_policy::TaskContext {
+        task_id: claims.task_id.clone(),
+        trust_domain: agent
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned(),
+        agent,
+        user: claims.user.clone(),
+        intent: claims.intent.clone(),
+        tools: claims.tools.clone(),
+        depth: (chain.len() - 1) as u32,
+        chain,
+    }
+}
+
 fn has_envelope(params: Option<&Value>) -> bool {
     params
         .and_then(|p| p.get("_meta"))
@@ -370,7 +414,11 @@ fn has_envelope(params: Option<&Value>) -> bool {
 }
 
 /// Checks the 2026-07-28 envelope and its mirrored headers.
-fn check_envelope(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<String, RpcError> {
+fn check_envelope(
+    headers: &HeaderMap,
+    method: &str,
+    params: Option<&Value>,
+) -> Result<String, RpcError> {
     let meta = params
         .and_then(|p| p.get("_meta"))
         .and_then(Value::as_object)
@@ -387,7 +435,10 @@ fn check_envelope(headers: &HeaderMap, method: &str, params: Option<&Value>) -> 
     if !missing.is_empty() {
         return Err(RpcError::new(
             code::INVALID_PARAMS,
-            format!("params._meta is missing the envelope key(s): {}", missing.join(", ")),
+            format!(
+                "params._meta is missing the envelope key(s): {}",
+                missing.join(", ")
+            ),
         ));
     }
     let version = &meta[PROTOCOL_VERSION_META];
@@ -419,7 +470,10 @@ fn check_envelope(headers: &HeaderMap, method: &str, params: Option<&Value>) -> 
         ));
     }
     let Some(version) = version.as_str() else {
-        return Err(RpcError::new(code::INVALID_PARAMS, "the protocol version must be a string"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "the protocol version must be a string",
+        ));
     };
     if !MODERN_VERSIONS.contains(&version) {
         let mut error = RpcError::new(
@@ -439,9 +493,14 @@ fn check_envelope(headers: &HeaderMap, method: &str, params: Option<&Value>) -> 
 fn decode_header_value(value: Option<&str>) -> Option<String> {
     use base64::Engine;
     let value = value?;
-    match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
         Some(payload) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(payload).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .ok()?;
             String::from_utf8(bytes).ok()
         }
         None => Some(value.to_owned()),
@@ -489,20 +548,17 @@ fn strip_modern(mut result: Value) -> Value {
         for key in ["resultType", "ttlMs", "cacheScope"] {
             object.remove(key);
         }
-        if let Some(meta) = object.get_mut("_meta").and_then(Value::as_object_mut) {
-            if meta.remove(SERVER_INFO_META).is_some() && meta.is_empty() {
-                object.remove("_meta");
-            }
+        if let Some(meta) = object.get_mut("_meta").and_then(Value::as_object_mut)
+            && meta.remove(SERVER_INFO_META).is_some()
+            && meta.is_empty()
+        {
+            object.remove("_meta");
         }
     }
     result
 }
 
-fn reply(
-    session: Option<&str>,
-    id: &Value,
-    outcome: Result<Value, RpcError>,
-) -> Response {
+fn reply(session: Option<&str>, id: &Value, outcome: Result<Value, RpcError>) -> Response {
     let body = match outcome {
         Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
         Err(error) => json!({ "jsonrpc": "2.0", "id": id, "error": error.to_json() }),
@@ -524,7 +580,8 @@ fn reply(
 /// A transport-level rejection: HTTP 400 with a JSON-RPC error whose id is
 /// null, since the request id could not be trusted.
 fn transport_error(code: i64, message: &str) -> Response {
-    let body = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    let body =
+        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
     (
         StatusCode::BAD_REQUEST,
         [(header::CONTENT_TYPE, "application/json")],

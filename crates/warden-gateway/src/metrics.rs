@@ -35,16 +35,43 @@ impl Metrics {
     pub fn render(&self, dropped_audit: u64) -> String {
         let mut out = String::new();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP warden_decisions_total Policy decisions by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP warden_decisions_total Policy decisions by outcome."
+        );
         let _ = writeln!(out, "# TYPE warden_decisions_total counter");
-        for (label, counter) in [("allow", &self.allowed), ("deny", &self.denied), ("hold", &self.held)] {
-            let _ = writeln!(out, "warden_decisions_total{{decision=\"{label}\"}} {}", load(counter));
+        for (label, counter) in [
+            ("allow", &self.allowed),
+            ("deny", &self.denied),
+            ("hold", &self.held),
+        ] {
+            let _ = writeln!(
+                out,
+                "warden_decisions_total{{decision=\"{label}\"}} {}",
+                load(counter)
+            );
         }
         for (name, help, value) in [
-            ("warden_tasks_started_total", "Tasks started.", load(&self.tasks_started)),
-            ("warden_auth_failures_total", "Requests rejected for authentication.", load(&self.auth_failures)),
-            ("warden_upstream_errors_total", "Upstream requests that failed.", load(&self.upstream_errors)),
-            ("warden_audit_dropped_total", "Audit records dropped because the writer queue was full.", dropped_audit),
+            (
+                "warden_tasks_started_total",
+                "Tasks started.",
+                load(&self.tasks_started),
+            ),
+            (
+                "warden_auth_failures_total",
+                "Requests rejected for authentication.",
+                load(&self.auth_failures),
+            ),
+            (
+                "warden_upstream_errors_total",
+                "Upstream requests that failed.",
+                load(&self.upstream_errors),
+            ),
+            (
+                "warden_audit_dropped_total",
+                "Audit records dropped because the writer queue was full.",
+                dropped_audit,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

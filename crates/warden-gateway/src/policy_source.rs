@@ -10,7 +10,10 @@ pub const BUNDLED_PACK: &[(&str, &str)] = &[
     ("tasks.cedar", include_str!("../../../policies/tasks.cedar")),
     ("files.cedar", include_str!("../../../policies/files.cedar")),
     ("mail.cedar", include_str!("../../../policies/mail.cedar")),
-    ("billing.cedar", include_str!("../../../policies/billing.cedar")),
+    (
+        "billing.cedar",
+        include_str!("../../../policies/billing.cedar"),
+    ),
 ];
 
 /// A source of policies.
@@ -24,7 +27,11 @@ pub enum PolicySource {
 
 impl PolicySource {
     /// Parses and validates the policies against the tools.
-    pub fn load(&self, tools: &[ToolDef], environment: &str) -> Result<PolicyEngine, PolicyLoadError> {
+    pub fn load(
+        &self,
+        tools: &[ToolDef],
+        environment: &str,
+    ) -> Result<PolicyEngine, PolicyLoadError> {
         let options = EngineOptions {
             environment: environment.to_owned(),
         };

@@ -16,8 +16,7 @@ pub fn is_valid_pattern(pattern: &str) -> bool {
     let name_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
     };
     name_ok(server) && (tool == "*" || name_ok(tool))
@@ -38,6 +37,20 @@ pub fn allows(patterns: &[String], qualified: &str) -> bool {
     })
 }
 
+/// Returns true when every tool `pattern` matches is also matched by
+/// `patterns`, so that a delegated scope never exceeds its parent's.
+pub fn covers(patterns: &[String], pattern: &str) -> bool {
+    if pattern == "*" {
+        return patterns.iter().any(|p| p == "*");
+    }
+    if let Some(server) = pattern.strip_suffix("__*") {
+        return patterns
+            .iter()
+            .any(|p| p == "*" || p.strip_suffix("__*") == Some(server));
+    }
+    allows(patterns, pattern)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +63,18 @@ mod tests {
         assert!(!allows(&scope, "fs__write_file"));
         assert!(!allows(&scope, "mailer__send"));
         assert!(allows(&["*".to_owned()], "anything__x"));
+    }
+
+    #[test]
+    fn covers_only_subsets() {
+        let parent = vec!["fs__*".to_owned(), "mail__send_email".to_owned()];
+        assert!(covers(&parent, "fs__read_file"));
+        assert!(covers(&parent, "fs__*"));
+        assert!(covers(&parent, "mail__send_email"));
+        assert!(!covers(&parent, "mail__*"));
+        assert!(!covers(&parent, "*"));
+        assert!(!covers(&parent, "billing__refund"));
+        assert!(covers(&["*".to_owned()], "*"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::auth::{ApiError, authenticate_admin};
 use crate::policy_source::PolicySource;
 use crate::state::{AppState, TaskTable, VerifiedTokens};
 use crate::upstream::Upstream;
-use crate::{approvals, guard, mcp, tasks};
+use crate::{approvals, delegation, guard, mcp, tasks};
 
 /// Issuer name written into task tokens.
 pub const TASK_TOKEN_ISSUER: &str = "warden";
@@ -143,9 +143,7 @@ impl Gateway {
             "policies loaded"
         );
 
-        let addr = config
-            .listen_addr()
-            .map_err(anyhow::Error::msg)?;
+        let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
@@ -200,7 +198,10 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then flushes the audit log and
     /// stops the upstreams.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let state = self.state.clone();
         spawn_reload_on_hangup(state.clone());
         tracing::info!(listen = %self.addr, upstreams = state.upstreams.len(), "warden listening");
@@ -225,6 +226,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks", post(tasks::start))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
         .route("/v1/traces/{id}", get(trace))
+        .route("/oauth2/token", post(delegation::token_exchange))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::show))
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
@@ -281,9 +283,14 @@ fn approval_webhook(config: &Config) -> anyhow::Result<Option<approvals::Webhook
         ),
     };
     if key.len() < 16 {
-        anyhow::bail!("the approval webhook signing key is shorter than 16 bytes; use a random key of at least 32 bytes");
+        anyhow::bail!(
+            "the approval webhook signing key is shorter than 16 bytes; use a random key of at least 32 bytes"
+        );
     }
-    Ok(Some(approvals::Webhook::start(url.clone(), key.into_bytes())))
+    Ok(Some(approvals::Webhook::start(
+        url.clone(),
+        key.into_bytes(),
+    )))
 }
 
 fn read_admin_token_file(config: &Config) -> anyhow::Result<Option<String>> {
@@ -295,7 +302,10 @@ fn read_admin_token_file(config: &Config) -> anyhow::Result<Option<String>> {
         .trim()
         .to_owned();
     if token.len() < 16 {
-        anyhow::bail!("the admin token in {} is shorter than 16 characters; use a random token", file.display());
+        anyhow::bail!(
+            "the admin token in {} is shorter than 16 characters; use a random token",
+            file.display()
+        );
     }
     Ok(Some(token))
 }
@@ -349,7 +359,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(state.store.dropped_records()),
     )
         .into_response()

@@ -48,10 +48,7 @@ impl Parser {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Event>, EventTooLarge> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        loop {
-            let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') {
             // A CR at the very end may be the first half of CRLF.
             if self.buffer[end] == b'\r' && end + 1 == self.buffer.len() {
                 break;
@@ -124,7 +121,9 @@ mod tests {
     #[test]
     fn parser_joins_data_lines() {
         let mut parser = Parser::new(1024);
-        let events = parser.feed(b"event: message\ndata: a\ndata: b\n\n").expect("parse");
+        let events = parser
+            .feed(b"event: message\ndata: a\ndata: b\n\n")
+            .expect("parse");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].data, "a\nb");
     }
@@ -140,7 +139,9 @@ mod tests {
     #[test]
     fn parser_skips_comments_and_empty_events() {
         let mut parser = Parser::new(1024);
-        let events = parser.feed(b": ping\n\nid: 4\n\ndata: y\n\n").expect("parse");
+        let events = parser
+            .feed(b": ping\n\nid: 4\n\ndata: y\n\n")
+            .expect("parse");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].data, "y");
     }

@@ -23,9 +23,7 @@ use warden_policy::{Step, StepRequest, TaskContext};
 use warden_store::TaskRecord;
 
 use crate::audit;
-use crate::auth::{
-    ApiError, authenticate_agent, bearer, format_time, now_unix,
-};
+use crate::auth::{ApiError, authenticate_agent, bearer, format_time, now_unix};
 use crate::state::{AppState, TaskStatus};
 
 /// Longest accepted intent, in characters.
@@ -51,8 +49,9 @@ pub async fn start(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let svid = authenticate_agent(&state, &headers)?;
-    let value = warden_core::json::parse_strict(&body)
-        .map_err(|error| ApiError::BadRequest(format!("request body is not valid JSON: {error}")))?;
+    let value = warden_core::json::parse_strict(&body).map_err(|error| {
+        ApiError::BadRequest(format!("request body is not valid JSON: {error}"))
+    })?;
     let request: StartTask = serde_json::from_value(value).map_err(|error| {
         ApiError::BadRequest(format!(
             "invalid task request: {error}; send {{\"intent\": \"...\", \"user\": \"...\", \"tools\": [\"server__tool\"], \"ttl_seconds\": 300}}"
@@ -65,7 +64,10 @@ pub async fn start(
         .ttl_seconds
         .unwrap_or(state.config.tasks.default_ttl_seconds)
         .clamp(1, max_ttl);
-    let tools = request.tools.clone().unwrap_or_else(|| vec!["*".to_owned()]);
+    let tools = request
+        .tools
+        .clone()
+        .unwrap_or_else(|| vec!["*".to_owned()]);
     let task_id = uuid::Uuid::new_v4().to_string();
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let agent = svid.spiffe_id.as_str().to_owned();
@@ -77,6 +79,8 @@ pub async fn start(
         user: request.user.clone(),
         intent: request.intent.clone(),
         tools: tools.clone(),
+        chain: vec![agent.clone()],
+        depth: 0,
     };
     let outcome = state.engine().decide(&StepRequest {
         task: &context,
@@ -190,10 +194,14 @@ pub async fn end(
 ) -> Result<Json<Value>, ApiError> {
     let record = authorize_owner(&state, &headers, &task_id).await?;
     let now = now_unix();
-    let revoked = state.store.revoke_task(&task_id, now).await.map_err(|error| {
-        tracing::error!(%error, task.id = %task_id, "revoking a task failed");
-        ApiError::Unavailable(format!("cannot revoke task {task_id}: {error}"))
-    })?;
+    let revoked = state
+        .store
+        .revoke_task(&task_id, now)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, task.id = %task_id, "revoking a task failed");
+            ApiError::Unavailable(format!("cannot revoke task {task_id}: {error}"))
+        })?;
     for id in &revoked {
         state.tasks.set(id, TaskStatus::Revoked(now));
     }
@@ -234,7 +242,7 @@ async fn authorize_owner(
                 claims.task_id
             )));
         }
-        Ok(claims) => claims.sub,
+        Ok(claims) => crate::delegation::acting_agent(&claims).to_owned(),
         Err(_) => authenticate_agent(state, headers)?
             .spiffe_id
             .as_str()
@@ -262,7 +270,8 @@ fn validate(request: &StartTask) -> Result<(), ApiError> {
     }
     if request.user.trim().is_empty() || request.user.len() > 256 {
         return Err(ApiError::BadRequest(
-            "user must be 1 to 256 characters naming the person or principal the task acts for".into(),
+            "user must be 1 to 256 characters naming the person or principal the task acts for"
+                .into(),
         ));
     }
     if let Some(tools) = &request.tools {

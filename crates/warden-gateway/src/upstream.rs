@@ -237,7 +237,11 @@ impl Upstream {
     }
 
     /// Sends one request and waits for its response within the timeout.
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<RpcOutcome, UpstreamError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<RpcOutcome, UpstreamError> {
         let call = async {
             match &self.connection {
                 Connection::Stdio(client) => client.request(method, params).await,
@@ -292,12 +296,13 @@ impl Upstream {
         let mut cursor: Option<String> = None;
         for _ in 0..1000 {
             let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
-            let result = self.request(method, params).await?.map_err(|e| {
-                UpstreamError::Protocol {
-                    server: self.name.clone(),
-                    detail: format!("{method} failed: {}", e.error),
-                }
-            })?;
+            let result =
+                self.request(method, params)
+                    .await?
+                    .map_err(|e| UpstreamError::Protocol {
+                        server: self.name.clone(),
+                        detail: format!("{method} failed: {}", e.error),
+                    })?;
             if let Some(list) = result.get(field).and_then(Value::as_array) {
                 items.extend(list.iter().cloned());
             }

@@ -219,6 +219,8 @@ fn bench_decide(c: &mut Criterion) {
         user: "user3".to_owned(),
         intent: "summarise the team reports".to_owned(),
         tools: vec!["fs__*".to_owned()],
+        chain: vec!["spiffe://acme.test/agent/support-bot".to_owned()],
+        depth: 0,
     };
     let read_arguments = json!({"path": "/srv/data/team7/reports/q3.txt"});
     let write_arguments = json!({"path": "/srv/secret3/keys/prod.pem", "content": "x"});

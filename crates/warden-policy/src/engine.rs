@@ -30,7 +30,9 @@ use serde_json::Value;
 use crate::arguments::types::{RecordType, arguments_type};
 use crate::error::PolicyLoadError;
 use crate::load::{LoadedPolicy, load_policies};
-use crate::schema::{GET_PROMPT, LIST_TOOLS, NAMESPACE, READ_RESOURCE, START_TASK, schema_json};
+use crate::schema::{
+    DELEGATE, GET_PROMPT, LIST_TOOLS, NAMESPACE, READ_RESOURCE, START_TASK, schema_json,
+};
 use crate::{EngineOptions, ToolDef};
 
 /// File name extension of policy files in a policy directory.
@@ -51,6 +53,7 @@ pub struct PolicyEngine {
     names: TypeNames,
     tools: HashMap<String, CompiledTool>,
     start_task: ActionPolicies,
+    delegate: ActionPolicies,
     read_resource: ActionPolicies,
     get_prompt: ActionPolicies,
     policy_count: usize,
@@ -170,6 +173,7 @@ impl PolicyEngine {
         let global =
             |action_id| ActionPolicies::new(&names, action_id, None, &policies, &action_entities);
         let start_task = global(START_TASK)?;
+        let delegate = global(DELEGATE)?;
         let read_resource = global(READ_RESOURCE)?;
         let get_prompt = global(GET_PROMPT)?;
 
@@ -187,6 +191,7 @@ impl PolicyEngine {
             names,
             tools: compiled,
             start_task,
+            delegate,
             read_resource,
             get_prompt,
             policy_count: policies.len(),

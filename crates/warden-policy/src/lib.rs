@@ -86,6 +86,11 @@ pub struct TaskContext {
     /// Task tool scope: qualified names and patterns such as
     /// `fs__read_file`, `fs__*` or `*`.
     pub tools: Vec<String>,
+    /// Agents of the delegation chain, the root task's agent first and the
+    /// acting agent last; one entry for a root task.
+    pub chain: Vec<String>,
+    /// Number of delegation hops below the root task (0 for a root task).
+    pub depth: u32,
 }
 
 impl TaskContext {
@@ -141,6 +146,15 @@ pub enum Step<'a> {
         /// The upstream's prompt name.
         name: &'a str,
     },
+    /// Delegating part of the task to another agent by token exchange.
+    Delegate {
+        /// SPIFFE ID of the agent that receives the delegated task.
+        to_agent: &'a str,
+        /// Tool scope requested for the delegated task.
+        tools: &'a [String],
+        /// Depth of the delegated task (1 for the first hop).
+        depth: u32,
+    },
 }
 
 /// A step together with the task it belongs to.
@@ -183,6 +197,8 @@ mod tests {
             user: "alice".to_owned(),
             intent: "read".to_owned(),
             tools: tools.iter().map(|tool| (*tool).to_owned()).collect(),
+            chain: vec!["spiffe://acme.test/agent/bot".to_owned()],
+            depth: 0,
         }
     }
 

@@ -337,7 +337,7 @@ mod tests {
         );
     }
 
-        #[test]
+    #[test]
     fn split_statements_keeps_slashes_in_strings() {
         let text = "permit(principal, action, resource) \
                     when { resource.uri like \"https://acme.test/*\" };\n\

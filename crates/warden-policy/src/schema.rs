@@ -15,6 +15,8 @@ pub(crate) const NAMESPACE: &str = "Warden";
 
 /// Action that starts a task.
 pub(crate) const START_TASK: &str = "start_task";
+/// Action that hands part of a task to another agent.
+pub(crate) const DELEGATE: &str = "delegate";
 /// Action that shows one tool in a tool listing.
 pub(crate) const LIST_TOOLS: &str = "list_tools";
 /// Action group of all tool calls.
@@ -40,6 +42,17 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
                 ("tools", string_set()),
                 ("ttl_seconds", json!({ "type": "Long" })),
             ]),
+        ),
+    );
+    actions.insert(
+        DELEGATE.to_owned(),
+        applies_to(
+            "Agent",
+            "Agent",
+            record(common_context().into_iter().chain([
+                ("tools", string_set()),
+                ("depth", json!({ "type": "Long" })),
+            ])),
         ),
     );
     actions.insert(
@@ -89,6 +102,9 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
                     ("intent", string()),
                     ("user", string()),
                     ("tools", string_set()),
+                    ("depth", json!({ "type": "Long" })),
+                    ("agents", string_set()),
+                    ("root_agent", string()),
                 ]),
             },
             "entityTypes": {

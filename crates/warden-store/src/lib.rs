@@ -260,8 +260,8 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Fails with [`StoreError::ApprovalExists`] when the id exists, and
     /// with [`StoreError::InvalidApproval`] when `arguments_hash` is not the
-    /// canonical hash of `arguments`, so an approver always sees the
-    /// arguments that the approval lets through.
+    /// canonical hash of `arguments`, so the arguments that an approver reads
+    /// are the ones that the approval lets through.
     async fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError>;
 
     /// Loads one approval, or `None` when the id is unknown. A pending or

@@ -611,4 +611,6 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 #[cfg(test)]
+mod approval_tests;
+#[cfg(test)]
 mod tests;

@@ -44,7 +44,12 @@ impl AdminClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach Warden at {}; is `warden serve` running?", self.base))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach Warden at {}; is `warden serve` running?",
+                    self.base
+                )
+            })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -61,14 +66,21 @@ impl AdminClient {
 /// `warden approvals list`.
 pub async fn list(client: &AdminClient, status: &str) -> anyhow::Result<ExitCode> {
     let body = client
-        .call(client.http.get(format!("{}/v1/approvals?status={status}", client.base)))
+        .call(
+            client
+                .http
+                .get(format!("{}/v1/approvals?status={status}", client.base)),
+        )
         .await?;
     let approvals = body["approvals"].as_array().cloned().unwrap_or_default();
     if approvals.is_empty() {
         println!("no {status} approvals");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36}  {:<9}  {:<24}  {:<20}  ARGUMENTS", "APPROVAL", "STATUS", "TOOL", "EXPIRES");
+    println!(
+        "{:<36}  {:<9}  {:<24}  {:<20}  ARGUMENTS",
+        "APPROVAL", "STATUS", "TOOL", "EXPIRES"
+    );
     for approval in approvals {
         println!(
             "{:<36}  {:<9}  {:<24}  {:<20}  {}",
@@ -85,7 +97,11 @@ pub async fn list(client: &AdminClient, status: &str) -> anyhow::Result<ExitCode
 /// `warden approvals show ID`.
 pub async fn show(client: &AdminClient, id: &str) -> anyhow::Result<ExitCode> {
     let body = client
-        .call(client.http.get(format!("{}/v1/approvals/{id}", client.base)))
+        .call(
+            client
+                .http
+                .get(format!("{}/v1/approvals/{id}", client.base)),
+        )
         .await?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(ExitCode::SUCCESS)
@@ -108,7 +124,12 @@ pub async fn decide(
         body["reason"] = Value::String(reason);
     }
     let record = client
-        .call(client.http.post(format!("{}/v1/approvals/{id}/{verb}", client.base)).json(&body))
+        .call(
+            client
+                .http
+                .post(format!("{}/v1/approvals/{id}/{verb}", client.base))
+                .json(&body),
+        )
         .await?;
     println!(
         "approval {id} is now {} (tool {}, task {})",

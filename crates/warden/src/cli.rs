@@ -195,7 +195,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => identity::issue(&config, &spiffe_id, audience, &ttl),
         Command::Identity(IdentityCommand::Bundle) => identity::bundle(&config),
         Command::Approvals(command) => runtime.block_on(run_approvals(&config, command)),
-        Command::Trace(TraceCommand::List { limit }) => runtime.block_on(inspect::trace_list(&config, limit)),
+        Command::Trace(TraceCommand::List { limit }) => {
+            runtime.block_on(inspect::trace_list(&config, limit))
+        }
         Command::Trace(TraceCommand::Show { id, json }) => {
             runtime.block_on(inspect::trace_show(&config, &id, json))
         }
@@ -212,7 +214,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_approvals(config: &defaults::Effective, command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+async fn run_approvals(
+    config: &defaults::Effective,
+    command: ApprovalsCommand,
+) -> anyhow::Result<ExitCode> {
     match command {
         ApprovalsCommand::List { status, url } => {
             approvals::list(&approvals::AdminClient::new(config, url)?, &status).await
@@ -220,11 +225,21 @@ async fn run_approvals(config: &defaults::Effective, command: ApprovalsCommand) 
         ApprovalsCommand::Show { id, url } => {
             approvals::show(&approvals::AdminClient::new(config, url)?, &id).await
         }
-        ApprovalsCommand::Approve { id, approver, reason, url } => {
+        ApprovalsCommand::Approve {
+            id,
+            approver,
+            reason,
+            url,
+        } => {
             let client = approvals::AdminClient::new(config, url)?;
             approvals::decide(&client, &id, true, approver, reason).await
         }
-        ApprovalsCommand::Deny { id, approver, reason, url } => {
+        ApprovalsCommand::Deny {
+            id,
+            approver,
+            reason,
+            url,
+        } => {
             let client = approvals::AdminClient::new(config, url)?;
             approvals::decide(&client, &id, false, approver, reason).await
         }

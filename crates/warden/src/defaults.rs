@@ -35,8 +35,9 @@ pub fn complete(mut config: Config) -> anyhow::Result<Effective> {
     let uses_examples = config.upstreams.is_empty();
     if uses_examples {
         let root = warden_examples::default_root(&config.data_dir());
-        warden_examples::seed_workspace(&root)
-            .with_context(|| format!("cannot create the example workspace in {}", root.display()))?;
+        warden_examples::seed_workspace(&root).with_context(|| {
+            format!("cannot create the example workspace in {}", root.display())
+        })?;
         add_example_servers(&mut config, &root)?;
     }
     let policy_source = match (&config.policy.dir, uses_examples) {
@@ -52,15 +53,31 @@ pub fn complete(mut config: Config) -> anyhow::Result<Effective> {
     })
 }
 
+/// A tool name and its classes.
+type ToolClasses = (&'static str, &'static [&'static str]);
+
 /// Adds the bundled `files`, `mail` and `billing` servers, run from this
 /// binary, with their tool classes.
 pub fn add_example_servers(config: &mut Config, root: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the warden executable")?;
     let exe = exe.to_string_lossy().into_owned();
-    let classes: [(&str, &[(&str, &[&str])]); 3] = [
-        ("files", &[("read_file", &["read"]), ("list_directory", &["read"]), ("write_file", &["write"])]),
+    let classes: [(&str, &[ToolClasses]); 3] = [
+        (
+            "files",
+            &[
+                ("read_file", &["read"]),
+                ("list_directory", &["read"]),
+                ("write_file", &["write"]),
+            ],
+        ),
         ("mail", &[("send_email", &["external-send"])]),
-        ("billing", &[("refund", &["payment", "write"]), ("void_invoice", &["payment", "delete"])]),
+        (
+            "billing",
+            &[
+                ("refund", &["payment", "write"]),
+                ("void_invoice", &["payment", "delete"]),
+            ],
+        ),
     ];
     for (server, tools) in classes {
         let upstream = UpstreamConfig {

@@ -18,6 +18,7 @@ use warden_identity::SpiffeId;
 use crate::defaults;
 
 const AGENT: &str = "spiffe://warden.local/agent/support-bot";
+const MAILER: &str = "spiffe://warden.local/agent/mailer";
 
 struct Step {
     thought: &'static str,
@@ -137,20 +138,34 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         .error_for_status()?
         .json()
         .await?;
-    let token = task["token"].as_str().context("task response has no token")?.to_owned();
+    let token = task["token"]
+        .as_str()
+        .context("task response has no token")?
+        .to_owned();
     let task_id = task["task_id"].as_str().unwrap_or_default().to_owned();
     let trace_id = task["trace_id"].as_str().unwrap_or_default().to_owned();
     println!("Agent {AGENT} started task {task_id}");
-    println!("  for user alice@acme.test, tools {}, trace {trace_id}\n", task["tools"]);
+    println!(
+        "  for user alice@acme.test, tools {}, trace {trace_id}\n",
+        task["tools"]
+    );
 
-    let approver = tokio::spawn(approve_pending(http.clone(), base.clone(), admin_token.clone()));
+    let approver = tokio::spawn(approve_pending(
+        http.clone(),
+        base.clone(),
+        admin_token.clone(),
+    ));
     let mut mcp = McpClient::connect(&http, &format!("{base}/mcp"), &token).await?;
     let listed = mcp.request("tools/list", json!({})).await?;
     let names: Vec<&str> = listed["result"]["tools"]
         .as_array()
         .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    println!("tools/list shows the task {} tools: {}\n", names.len(), names.join(", "));
+    println!(
+        "tools/list shows the task {} tools: {}\n",
+        names.len(),
+        names.join(", ")
+    );
 
     let (mut allowed, mut refused) = (0, 0);
     for (index, step) in script().iter().enumerate() {
@@ -158,7 +173,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         println!("  Thought:     {}", step.thought);
         println!("  Action:      {} {}", step.tool, step.arguments);
         let reply = mcp
-            .request("tools/call", json!({ "name": step.tool, "arguments": step.arguments }))
+            .request(
+                "tools/call",
+                json!({ "name": step.tool, "arguments": step.arguments }),
+            )
             .await?;
         let result = &reply["result"];
         let text = result["content"][0]["text"].as_str().unwrap_or_default();
@@ -167,12 +185,20 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                 refused += 1;
                 println!(
                     "  Decision:    {} by [{}]",
-                    decision["decision"].as_str().unwrap_or_default().to_uppercase(),
+                    decision["decision"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_uppercase(),
                     join(&decision["policy_ids"])
                 );
-                println!("  Reason:      {}", decision["reason"].as_str().unwrap_or_default());
+                println!(
+                    "  Reason:      {}",
+                    decision["reason"].as_str().unwrap_or_default()
+                );
             }
-            None if reply.get("error").is_some() => bail!("step {} failed: {}", index + 1, reply["error"]),
+            None if reply.get("error").is_some() => {
+                bail!("step {} failed: {}", index + 1, reply["error"])
+            }
             None => {
                 allowed += 1;
                 println!("  Decision:    ALLOW");
@@ -182,16 +208,63 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         println!();
     }
 
+    println!("Delegation: support-bot hands the mailing to {MAILER}.");
+    let mailer_svid = issuer.issue(&SpiffeId::parse(MAILER)?, &["warden".to_owned()], 300, now)?;
+    let wide = exchange(&http, &base, &token, &mailer_svid, "files__* mail__*").await?;
+    println!(
+        "  Scope \"files__* mail__*\" is refused: {} ({})",
+        wide["error"].as_str().unwrap_or_default(),
+        wide["error_description"].as_str().unwrap_or_default()
+    );
+    let granted = exchange(&http, &base, &token, &mailer_svid, "mail__send_email").await?;
+    let mailer_token = granted["access_token"]
+        .as_str()
+        .with_context(|| format!("token exchange failed: {granted}"))?
+        .to_owned();
+    println!(
+        "  Scope \"mail__send_email\" is granted: task {}, expires in {} s, same trace",
+        granted["task_id"].as_str().unwrap_or_default(),
+        granted["expires_in"]
+    );
+    let mut mailer = McpClient::connect(&http, &format!("{base}/mcp"), &mailer_token).await?;
+    let sent = mailer
+        .request(
+            "tools/call",
+            json!({ "name": "mail__send_email", "arguments": {
+                "to": "team@acme.test", "subject": "Reminder", "body": "Release notes are due Thursday." } }),
+        )
+        .await?;
+    println!(
+        "  The mailer sends a reminder to team@acme.test: {}",
+        if sent["result"]["isError"] == json!(true) {
+            "refused"
+        } else {
+            "allowed"
+        }
+    );
+    println!();
+
     let ended = http
         .delete(format!("{base}/v1/tasks/{task_id}"))
         .bearer_auth(&token)
         .send()
         .await?;
-    println!("Task ended (HTTP {}); its token is now revoked.", ended.status().as_u16());
+    println!(
+        "Task ended (HTTP {}); its token is now revoked.",
+        ended.status().as_u16()
+    );
     let after = mcp.request("tools/list", json!({})).await;
     println!(
-        "A call with the revoked token: {}\n",
+        "A call with the revoked token: {}",
         match after {
+            Ok(reply) => format!("unexpected reply {reply}"),
+            Err(error) => error.to_string(),
+        }
+    );
+    let mailer_after = mailer.request("tools/list", json!({})).await;
+    println!(
+        "A call with the mailer's delegated token: {}\n",
+        match mailer_after {
             Ok(reply) => format!("unexpected reply {reply}"),
             Err(error) => error.to_string(),
         }
@@ -210,6 +283,55 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         bail!("the demo expected both allowed and refused steps");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exchanges the delegating task's token for one of `scope` for the
+/// agent of `actor_svid` (RFC 8693), returning the JSON answer.
+async fn exchange(
+    http: &reqwest::Client,
+    base: &str,
+    subject_token: &str,
+    actor_svid: &str,
+    scope: &str,
+) -> anyhow::Result<Value> {
+    let form = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", subject_token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("actor_token", actor_svid),
+        ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("scope", scope),
+    ];
+    let body = url_encode(&form);
+    Ok(http
+        .post(format!("{base}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+fn url_encode(pairs: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Plays the human approver: approves every pending request it sees.
@@ -247,7 +369,12 @@ async fn approve_pending(http: reqwest::Client, base: String, admin_token: Strin
 
 fn join(ids: &Value) -> String {
     ids.as_array()
-        .map(|ids| ids.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -267,7 +394,11 @@ struct McpClient<'a> {
 }
 
 impl<'a> McpClient<'a> {
-    async fn connect(http: &'a reqwest::Client, url: &str, token: &str) -> anyhow::Result<McpClient<'a>> {
+    async fn connect(
+        http: &'a reqwest::Client,
+        url: &str,
+        token: &str,
+    ) -> anyhow::Result<McpClient<'a>> {
         let response = http
             .post(url)
             .bearer_auth(token)
@@ -301,7 +432,8 @@ impl<'a> McpClient<'a> {
     }
 
     async fn notify(&mut self, method: &str) -> anyhow::Result<()> {
-        self.post(json!({ "jsonrpc": "2.0", "method": method })).await?;
+        self.post(json!({ "jsonrpc": "2.0", "method": method }))
+            .await?;
         Ok(())
     }
 
@@ -314,7 +446,10 @@ impl<'a> McpClient<'a> {
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            bail!("HTTP {status}: {}", body["message"].as_str().unwrap_or("no message"));
+            bail!(
+                "HTTP {status}: {}",
+                body["message"].as_str().unwrap_or("no message")
+            );
         }
         Ok(response.json().await?)
     }

@@ -8,7 +8,12 @@ use warden_identity::SpiffeId;
 use crate::defaults::Effective;
 
 /// Prints a JWT-SVID from the development issuer.
-pub fn issue(config: &Effective, spiffe_id: &str, audience: Vec<String>, ttl: &str) -> anyhow::Result<ExitCode> {
+pub fn issue(
+    config: &Effective,
+    spiffe_id: &str,
+    audience: Vec<String>,
+    ttl: &str,
+) -> anyhow::Result<ExitCode> {
     let config = &config.config;
     if !config.identity.dev_issuer {
         anyhow::bail!(

@@ -21,7 +21,10 @@ pub fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             if config.upstreams.is_empty() {
-                println!("{}: valid (no upstreams: the bundled example servers and policy pack are used)", file.display());
+                println!(
+                    "{}: valid (no upstreams: the bundled example servers and policy pack are used)",
+                    file.display()
+                );
             } else if config.policy.dir.is_none() {
                 println!(
                     "{}: invalid:\n  - policy.dir: is not set; with upstreams of your own, set [policy] dir to a directory of .cedar files",
@@ -33,7 +36,12 @@ pub fn check_config(file: &Path) -> ExitCode {
                     "{}: valid ({} upstream(s): {})",
                     file.display(),
                     config.upstreams.len(),
-                    config.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+                    config
+                        .upstreams
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             ExitCode::SUCCESS
@@ -64,7 +72,10 @@ pub async fn trace_list(config: &Effective, limit: usize) -> anyhow::Result<Exit
         println!("no traces yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<32}  {:<20}  {:>7}  {:>6}  {:<36}  AGENT / USER / INTENT", "TRACE", "STARTED", "RECORDS", "DENIED", "TASK");
+    println!(
+        "{:<32}  {:<20}  {:>7}  {:>6}  {:<36}  AGENT / USER / INTENT",
+        "TRACE", "STARTED", "RECORDS", "DENIED", "TASK"
+    );
     for trace in traces {
         println!(
             "{:<32}  {:<20}  {:>7}  {:>6}  {:<36}  {} / {} / {}",
@@ -139,13 +150,22 @@ fn render_node(
     let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.time_us) * 1000)
         .ok()
         .and_then(|t| {
-            t.format(&time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]"))
-                .ok()
+            t.format(&time::macros::format_description!(
+                "[hour]:[minute]:[second].[subsecond digits:3]"
+            ))
+            .ok()
         })
         .unwrap_or_default();
     let indent = "  ".repeat(depth);
-    let decision = r.decision.map(|d| d.as_str().to_uppercase()).unwrap_or_default();
-    let mut line = format!("{time}  {indent}{:<14} {:<26} {decision:<5}", r.kind, r.target.as_deref().unwrap_or(""));
+    let decision = r
+        .decision
+        .map(|d| d.as_str().to_uppercase())
+        .unwrap_or_default();
+    let mut line = format!(
+        "{time}  {indent}{:<14} {:<26} {decision:<5}",
+        r.kind,
+        r.target.as_deref().unwrap_or("")
+    );
     if !r.policy_ids.is_empty() {
         line.push_str(&format!(" [{}]", r.policy_ids.join(", ")));
     }
@@ -156,11 +176,23 @@ fn render_node(
         line.push_str(&format!(" by {approver}"));
     }
     if let Some(outcome) = r.detail.get("outcome").and_then(|o| o.as_str()) {
-        let error = r.detail.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false);
-        let ms = r.detail.get("duration_ms").and_then(|d| d.as_f64()).unwrap_or(0.0);
-        line.push_str(&format!(" {outcome}{} {ms:.1} ms", if error { " (isError)" } else { "" }));
+        let error = r
+            .detail
+            .get("is_error")
+            .and_then(|e| e.as_bool())
+            .unwrap_or(false);
+        let ms = r
+            .detail
+            .get("duration_ms")
+            .and_then(|d| d.as_f64())
+            .unwrap_or(0.0);
+        line.push_str(&format!(
+            " {outcome}{} {ms:.1} ms",
+            if error { " (isError)" } else { "" }
+        ));
     }
-    if r.decision.is_some_and(|d| d != warden_core::Decision::Allow)
+    if r.decision
+        .is_some_and(|d| d != warden_core::Decision::Allow)
         && let Some(reason) = &r.reason
     {
         line.push_str(&format!("\n{time}  {indent}  reason: {reason}"));
@@ -246,7 +278,10 @@ pub async fn audit_verify(config: &Effective) -> anyhow::Result<ExitCode> {
             break;
         }
         if let Err(error) = verify_chain(&page, &prev) {
-            println!("audit log invalid: first bad record is seq {}: {error}", error.seq());
+            println!(
+                "audit log invalid: first bad record is seq {}: {error}",
+                error.seq()
+            );
             return Ok(ExitCode::FAILURE);
         }
         total += page.len();

@@ -82,23 +82,29 @@ fn check_text(text: &str) -> (tempfile::TempDir, Output) {
 #[test]
 fn config_invalid_values_name_their_key() {
     let cases = [
-        ("[server]\nlisten = \"127.0.0.1:8787\"\nlistn = 1\n", "listn"),
-        ("[identity]\nleeway_seconds = 3600\n", "identity.leeway_seconds"),
+        (
+            "[server]\nlisten = \"127.0.0.1:8787\"\nlistn = 1\n",
+            "listn",
+        ),
+        (
+            "[identity]\nleeway_seconds = 3600\n",
+            "identity.leeway_seconds",
+        ),
         ("[limits]\nmax_body_bytes = 10\n", "limits.max_body_bytes"),
         ("[server]\nlisten = \"localhost\"\n", "server.listen"),
         (
             "[server]\nallowed_origins = [\"http://localhost:3000/app\"]\n",
             "server.allowed_origins",
         ),
-        (
-            "[upstreams.fs]\ncommand = \"x\"\n",
-            "policy.dir",
-        ),
+        ("[upstreams.fs]\ncommand = \"x\"\n", "policy.dir"),
         (
             "[policy]\ndir = \"/nonexistent/warden-policies\"\n",
             "policy.dir",
         ),
-        ("[upstreams.a__b]\ncommand = \"x\"\n[policy]\ndir = \".\"\n", "upstreams.a__b"),
+        (
+            "[upstreams.a__b]\ncommand = \"x\"\n[policy]\ndir = \".\"\n",
+            "upstreams.a__b",
+        ),
         (
             "[[trust_domain]]\nname = \"acme.test\"\nbundle = \"missing.json\"\n",
             "trust_domain[0].bundle",
@@ -106,8 +112,8 @@ fn config_invalid_values_name_their_key() {
     ];
     for (text, key) in cases {
         let (_dir, output) = check_text(text);
-        let shown = text_of(&output);
+        let output_text = text_of(&output);
         assert!(!output.status.success(), "accepted:\n{text}");
-        assert!(shown.contains(key), "{text}\ngave:\n{shown}");
+        assert!(shown.contains(key), "{text}\ngave:\n{output_text}");
     }
 }

@@ -49,7 +49,10 @@ async fn identity_self_signed_svid_starts_task() {
 
     let status = start_status(&warden, &key.sign(&DevKey::svid_claims())).await;
 
-    assert_eq!(status, 201, "the test's signing does not match the issuer's");
+    assert_eq!(
+        status, 201,
+        "the test's signing does not match the issuer's"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +310,10 @@ async fn identity_missing_authorization_is_rejected_401() {
             .get("www-authenticate")
             .map(|v| v.to_str().unwrap_or_default().to_owned())
             .unwrap_or_default();
-        assert!(challenge.starts_with("Bearer"), "{url}: WWW-Authenticate {challenge:?}");
+        assert!(
+            challenge.starts_with("Bearer"),
+            "{url}: WWW-Authenticate {challenge:?}"
+        );
     }
 }
 
@@ -333,7 +339,10 @@ async fn identity_basic_authorization_is_rejected_401() {
             .await
             .expect("POST /v1/tasks");
         assert_eq!(response.status().as_u16(), 401, "Authorization {value}");
-        assert!(response.headers().contains_key("www-authenticate"), "Authorization {value}");
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "Authorization {value}"
+        );
     }
 }
 
@@ -359,7 +368,7 @@ async fn identity_svid_on_mcp_is_rejected_401() {
 }
 
 #[tokio::test]
-async fn identity_task_token_on_task_start_is_rejected_401() {
+async fn identity_task_token_starts_no_task() {
     let warden = Warden::start(Setup::permissive()).await;
     let task = warden.task().await;
 
@@ -397,4 +406,160 @@ async fn identity_serve_requires_trust_domain() {
 
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("trust_domain"), "{stderr}");
+}
+
+/// Decodes the claims of a compact JWS without verifying it.
+fn token_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a compact JWS");
+    let bytes = URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON payload")
+}
+
+#[tokio::test]
+async fn identity_forged_task_token_is_rejected() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let task = warden.task().await;
+    let svid_key = warden.dev_key();
+    let task_key = DevKey::load(&warden.files.dir.path().join("data/keys/task-tokens.pk8"));
+    let claims = token_claims(&task.token);
+    let forged = [
+        svid_key.sign(&claims),
+        svid_key.sign_with_header(
+            &json!({ "alg": "ES256", "typ": "JWT", "kid": task_key.kid }),
+            &claims,
+        ),
+    ];
+    let genuine = task_key.sign(&claims);
+
+    let session = warden.session(&task).await;
+    for token in forged {
+        let (status, reply) = session
+            .with_token(token)
+            .request(json!(1), "tools/list", json!({}))
+            .await;
+        assert_eq!(status, 401, "{reply}");
+    }
+    let (status, reply) = session
+        .with_token(genuine)
+        .request(json!(1), "tools/list", json!({}))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the test's task token signing is wrong: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn identity_unknown_task_id_is_rejected() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let task = warden.task().await;
+    let task_key = DevKey::load(&warden.files.dir.path().join("data/keys/task-tokens.pk8"));
+    let mut claims = token_claims(&task.token);
+    claims["task_id"] = json!("00000000-0000-4000-8000-000000000000");
+
+    let response = warden
+        .http
+        .post(format!("{}/mcp", warden.base))
+        .bearer_auth(task_key.sign(&claims))
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": { "protocolVersion": "2025-11-25", "capabilities": {},
+                        "clientInfo": { "name": "t", "version": "1" } }
+        }))
+        .send()
+        .await
+        .expect("POST /mcp");
+
+    assert_eq!(response.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn identity_expired_task_token_is_rejected_401() {
+    let mut setup = Setup::permissive();
+    setup.identity.push("leeway_seconds = 0".to_owned());
+    let warden = Warden::start(setup).await;
+    let task = warden
+        .task_with(
+            json!({ "intent": "integration test", "user": "alice@acme.test", "ttl_seconds": 1 }),
+        )
+        .await;
+    let session = warden.session(&task).await;
+
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, reply) = session.request(json!(1), "tools/list", json!({})).await;
+
+    assert_eq!(status, 401, "{reply}");
+}
+
+#[tokio::test]
+async fn identity_other_agent_cannot_end_task() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let task = warden.task().await;
+    let other = warden.issue_svid_for("spiffe://warden.local/agent/other-bot", &[]);
+
+    let response = warden
+        .http
+        .delete(format!("{}/v1/tasks/{}", warden.base, task.id))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("DELETE /v1/tasks");
+    let session = warden.session(&task).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "alive" }))
+        .await;
+
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(support::result_text(&after), "alive", "{after}");
+}
+
+#[tokio::test]
+async fn identity_duplicate_claim_keys_are_rejected_401() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let key = warden.dev_key();
+    let now = now_unix();
+    let header = json!({ "alg": "ES256", "typ": "JWT", "kid": key.kid }).to_string();
+    let payloads = [
+        format!(
+            r#"{{"sub":"{AGENT}","aud":"billing-api","aud":"warden","exp":{}}}"#,
+            now + 300
+        ),
+        format!(
+            r#"{{"sub":"spiffe://b.test/agent/x","sub":"{AGENT}","aud":"warden","exp":{}}}"#,
+            now + 300
+        ),
+        format!(
+            r#"{{"sub":"{AGENT}","aud":"warden","exp":{},"exp":{}}}"#,
+            now - 3600,
+            now + 300
+        ),
+    ];
+    for payload in payloads {
+        let token = key.sign_raw(&header, &payload);
+        let status = start_status(&warden, &token).await;
+        assert_eq!(status, 401, "payload {payload}");
+    }
+    let duplicate_header = format!(r#"{{"alg":"none","alg":"ES256","kid":"{}"}}"#, key.kid);
+    let payload = DevKey::svid_claims().to_string();
+    let token = key.sign_raw(&duplicate_header, &payload);
+    assert_eq!(
+        start_status(&warden, &token).await,
+        401,
+        "header {duplicate_header}"
+    );
+}
+
+#[tokio::test]
+async fn identity_unknown_critical_header_is_rejected_401() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let key = warden.dev_key();
+    let header = json!({
+        "alg": "ES256", "typ": "JWT", "kid": key.kid,
+        "crit": ["example.test/must-understand"],
+        "example.test/must-understand": true
+    });
+
+    let token = key.sign_with_header(&header, &DevKey::svid_claims());
+
+    assert_eq!(start_status(&warden, &token).await, 401);
 }

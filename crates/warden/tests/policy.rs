@@ -27,7 +27,9 @@ async fn files_gateway() -> Warden {
     ))
     .await;
     let public = warden.files.workspace_file("/workspace/data/readme.txt");
-    let private = warden.files.workspace_file("/workspace/data_private/key.pem");
+    let private = warden
+        .files
+        .workspace_file("/workspace/data_private/key.pem");
     for (path, content) in [(&public, "public notes"), (&private, PRIVATE_KEY)] {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("create directory");
         std::fs::write(path, content).expect("write workspace file");
@@ -41,7 +43,10 @@ async fn policy_path_inside_directory_is_allowed() {
     let session = warden.session(&warden.task().await).await;
 
     let reply = session
-        .call_tool("files__read_file", json!({ "path": "/workspace/data/readme.txt" }))
+        .call_tool(
+            "files__read_file",
+            json!({ "path": "/workspace/data/readme.txt" }),
+        )
         .await;
 
     assert_eq!(reply["result"]["isError"], json!(false), "{reply}");
@@ -54,7 +59,10 @@ async fn policy_path_prefix_sibling_is_denied() {
     let session = warden.session(&warden.task().await).await;
 
     let reply = session
-        .call_tool("files__read_file", json!({ "path": "/workspace/data_private/key.pem" }))
+        .call_tool(
+            "files__read_file",
+            json!({ "path": "/workspace/data_private/key.pem" }),
+        )
         .await;
 
     assert_eq!(reply["result"]["isError"], json!(true), "{reply}");
@@ -77,9 +85,15 @@ async fn policy_path_dot_dot_spellings_are_denied() {
         "/workspace/data/..",
     ];
     for path in paths {
-        let reply = session.call_tool("files__read_file", json!({ "path": path })).await;
+        let reply = session
+            .call_tool("files__read_file", json!({ "path": path }))
+            .await;
         assert_eq!(reply["result"]["isError"], json!(true), "{path}: {reply}");
-        assert_eq!(decision(&reply)["decision"], json!("deny"), "{path}: {reply}");
+        assert_eq!(
+            decision(&reply)["decision"],
+            json!("deny"),
+            "{path}: {reply}"
+        );
         assert!(!result_text(&reply).contains("PRIVATE"), "{path}: {reply}");
     }
 }
@@ -127,7 +141,10 @@ async fn policy_small_refund_is_allowed() {
     let session = warden.session(&warden.task().await).await;
 
     let reply = session
-        .call_tool("billing__refund", json!({ "order_id": "A-1", "amount": 50 }))
+        .call_tool(
+            "billing__refund",
+            json!({ "order_id": "A-1", "amount": 50 }),
+        )
         .await;
 
     assert_eq!(reply["result"]["isError"], json!(false), "{reply}");
@@ -140,12 +157,19 @@ async fn policy_string_amount_is_denied() {
     let session = warden.session(&warden.task().await).await;
 
     let reply = session
-        .call_tool("billing__refund", json!({ "order_id": "A-1", "amount": "5000" }))
+        .call_tool(
+            "billing__refund",
+            json!({ "order_id": "A-1", "amount": "5000" }),
+        )
         .await;
 
     assert_eq!(reply["result"]["isError"], json!(true), "{reply}");
     assert_eq!(decision(&reply)["decision"], json!("deny"), "{reply}");
-    assert_eq!(decision(&reply)["policy_ids"], json!(["no-large-refunds"]), "{reply}");
+    assert_eq!(
+        decision(&reply)["policy_ids"],
+        json!(["no-large-refunds"]),
+        "{reply}"
+    );
     assert!(!warden.files.root.join("refunds.jsonl").exists());
 }
 
@@ -169,15 +193,30 @@ async fn policy_amount_spellings_are_denied() {
     ];
     for amount in amounts {
         let reply = session
-            .call_tool("billing__refund", json!({ "order_id": "A-1", "amount": amount }))
+            .call_tool(
+                "billing__refund",
+                json!({ "order_id": "A-1", "amount": amount }),
+            )
             .await;
-        assert_eq!(reply["result"]["isError"], json!(true), "amount {amount}: {reply}");
-        assert_eq!(decision(&reply)["decision"], json!("deny"), "amount {amount}: {reply}");
+        assert_eq!(
+            reply["result"]["isError"],
+            json!(true),
+            "amount {amount}: {reply}"
+        );
+        assert_eq!(
+            decision(&reply)["decision"],
+            json!("deny"),
+            "amount {amount}: {reply}"
+        );
     }
     let missing = session
         .call_tool("billing__refund", json!({ "order_id": "A-1" }))
         .await;
-    assert_eq!(decision(&missing)["decision"], json!("deny"), "missing amount: {missing}");
+    assert_eq!(
+        decision(&missing)["decision"],
+        json!("deny"),
+        "missing amount: {missing}"
+    );
     assert!(!warden.files.root.join("refunds.jsonl").exists());
 }
 
@@ -198,10 +237,26 @@ when { context.arguments.seconds > 1000 };
     .await;
     let session = warden.session(&warden.task().await).await;
 
-    for seconds in [json!("5000"), json!(5000), json!("5e3"), json!(1.5e3), json!("x")] {
-        let reply = session.call_tool("testkit__sleep", json!({ "seconds": seconds })).await;
-        assert_eq!(reply["result"]["isError"], json!(true), "seconds {seconds}: {reply}");
-        assert_eq!(decision(&reply)["decision"], json!("deny"), "seconds {seconds}: {reply}");
+    for seconds in [
+        json!("5000"),
+        json!(5000),
+        json!("5e3"),
+        json!(1.5e3),
+        json!("x"),
+    ] {
+        let reply = session
+            .call_tool("testkit__sleep", json!({ "seconds": seconds }))
+            .await;
+        assert_eq!(
+            reply["result"]["isError"],
+            json!(true),
+            "seconds {seconds}: {reply}"
+        );
+        assert_eq!(
+            decision(&reply)["decision"],
+            json!("deny"),
+            "seconds {seconds}: {reply}"
+        );
     }
 }
 
@@ -288,7 +343,11 @@ async fn policy_unknown_tool_is_invalid_params() {
     ];
     for name in names {
         let (status, reply) = session
-            .request(json!(1), "tools/call", json!({ "name": name, "arguments": { "text": "x" } }))
+            .request(
+                json!(1),
+                "tools/call",
+                json!({ "name": name, "arguments": { "text": "x" } }),
+            )
             .await;
         assert_eq!(status, 200, "{name}: {reply}");
         assert_eq!(reply["error"]["code"], json!(-32602), "{name}: {reply}");
@@ -319,7 +378,11 @@ async fn policy_tool_outside_scope_is_denied() {
 
     assert_eq!(reply["result"]["isError"], json!(true), "{reply}");
     assert_eq!(decision(&reply)["decision"], json!("deny"), "{reply}");
-    assert_eq!(decision(&reply)["policy_ids"], json!(["warden:task-scope"]), "{reply}");
+    assert_eq!(
+        decision(&reply)["policy_ids"],
+        json!(["warden:task-scope"]),
+        "{reply}"
+    );
     assert!(!warden.files.workspace_file("/workspace/drafts/x").exists());
 }
 
@@ -331,4 +394,53 @@ async fn policy_scope_limits_tool_list() {
     let names = session.tool_names().await;
 
     assert_eq!(names, vec!["testkit__echo".to_owned()]);
+}
+
+#[tokio::test]
+async fn policy_forbid_applies_on_server_endpoint() {
+    let policy = format!(
+        "{ALLOW_ALL}\n@id(\"no-b-echo\")\nforbid (principal, action == Warden::Action::\"b__echo\", resource);\n"
+    );
+    let warden = twin_gateway(&policy).await;
+    let task = warden.task().await;
+    let a = warden.session_at("/mcp/a", &task).await;
+    let b = warden.session_at("/mcp/b", &task).await;
+
+    let allowed = a.call_tool("echo", json!({ "text": "hi" })).await;
+    let denied = b.call_tool("echo", json!({ "text": "hi" })).await;
+    let (_, qualified) = b
+        .request(
+            json!(2),
+            "tools/call",
+            json!({ "name": "a__echo", "arguments": { "text": "hi" } }),
+        )
+        .await;
+
+    assert_eq!(result_text(&allowed), "hi", "{allowed}");
+    assert_eq!(decision(&denied)["decision"], json!("deny"), "{denied}");
+    assert_eq!(
+        decision(&denied)["policy_ids"],
+        json!(["no-b-echo"]),
+        "{denied}"
+    );
+    assert_eq!(qualified["error"]["code"], json!(-32602), "{qualified}");
+}
+
+#[tokio::test]
+async fn policy_forwards_converted_arguments() {
+    let warden = billing_gateway().await;
+    let session = warden.session(&warden.task().await).await;
+
+    let reply = session
+        .call_tool(
+            "billing__refund",
+            json!({ "order_id": "A-1", "amount": "50" }),
+        )
+        .await;
+    let refunds = std::fs::read_to_string(warden.files.root.join("refunds.jsonl"))
+        .expect("the upstream recorded the refund");
+    let forwarded: Value = serde_json::from_str(refunds.trim()).expect("refund line is JSON");
+
+    assert_eq!(reply["result"]["isError"], json!(false), "{reply}");
+    assert_eq!(forwarded["amount"], json!(50), "{refunds}");
 }

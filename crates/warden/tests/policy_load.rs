@@ -1,7 +1,7 @@
-//! Loading and reloading policy files in a real `warden serve`: a broken
-//! file stops the start with its file and line, a policy reading a field
-//! its action lacks is rejected at start, and a reload by SIGHUP keeps the
-//! last good set when the new one is broken.
+//! Loading and reloading policy files in a real `warden serve`. A broken
+//! file stops the start with its file and line, and a policy that reads a
+//! field its action lacks is rejected at start. A reload by SIGHUP keeps
+//! the last good set when the new one is broken.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{ConfigDir, DECISION_KEY, Setup, Upstream, Warden, result_text};
 
-/// Policy text whose third line holds a syntax error.
+/// Policy text whose third line contains a syntax error.
 const SYNTAX_ERROR: &str = "@id(\"ok\")\npermit (principal, action == Warden::Action::\"list_tools\", resource);\npermit (principal, action, resource) when { context.environment == };\n";
 
 fn testkit_setup(policy: &str) -> Setup {
@@ -115,14 +115,18 @@ async fn wait_for_log(warden: &Warden, text: &str, count: usize) -> bool {
 async fn policy_reload_broken_file_keeps_last_good_set() {
     let mut warden = Warden::start(testkit_setup(ALLOW_ECHO)).await;
     let session = warden.session(&warden.task().await).await;
-    let before = session.call_tool("testkit__echo", json!({ "text": "before" })).await;
+    let before = session
+        .call_tool("testkit__echo", json!({ "text": "before" }))
+        .await;
     assert_eq!(result_text(&before), "before", "{before}");
 
     std::fs::write(warden.files.policy_dir.join("test.cedar"), SYNTAX_ERROR)
         .expect("write the broken policy");
     warden.signal("HUP");
     let failed = wait_for_log(&warden, "policy reload failed", 1).await;
-    let after = session.call_tool("testkit__echo", json!({ "text": "after" })).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "after" }))
+        .await;
 
     assert!(failed, "no failed reload in the log:\n{}", warden.log());
     assert!(warden.is_running(), "SIGHUP stopped the gateway");
@@ -133,14 +137,18 @@ async fn policy_reload_broken_file_keeps_last_good_set() {
 async fn policy_reload_good_file_takes_effect() {
     let warden = Warden::start(testkit_setup(ALLOW_ECHO)).await;
     let session = warden.session(&warden.task().await).await;
-    let before = session.call_tool("testkit__echo", json!({ "text": "before" })).await;
+    let before = session
+        .call_tool("testkit__echo", json!({ "text": "before" }))
+        .await;
     assert_eq!(result_text(&before), "before", "{before}");
 
     std::fs::write(warden.files.policy_dir.join("test.cedar"), FORBID_ECHO)
         .expect("write the new policy");
     warden.signal("HUP");
     let reloaded = wait_for_log(&warden, "policies reloaded", 1).await;
-    let after = session.call_tool("testkit__echo", json!({ "text": "after" })).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "after" }))
+        .await;
 
     assert!(reloaded, "no reload in the log:\n{}", warden.log());
     assert_eq!(after["result"]["isError"], json!(true), "{after}");
@@ -164,7 +172,9 @@ async fn policy_reload_after_broken_file_recovers() {
         .expect("write the fixed policy");
     warden.signal("HUP");
     let reloaded = wait_for_log(&warden, "policies reloaded", 1).await;
-    let after = session.call_tool("testkit__echo", json!({ "text": "after" })).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "after" }))
+        .await;
 
     assert!(reloaded, "no reload in the log:\n{}", warden.log());
     assert_eq!(after["result"]["isError"], json!(true), "{after}");

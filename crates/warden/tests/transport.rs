@@ -7,10 +7,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Setup, Warden, result_text};
+use support::{Session, Setup, Warden, result_text};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// A write the `files` upstream would perform if the message reached it.
+/// Returns a write call that the `files` upstream performs if it is forwarded.
 fn write_call(id: Value, path: &str) -> Value {
     json!({
         "jsonrpc": "2.0", "id": id, "method": "tools/call",
@@ -131,18 +131,32 @@ async fn transport_in_flight_duplicate_id_is_rejected() {
     let duplicate = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         session
-            .request(json!(1), "tools/call", json!({ "name": "testkit__echo", "arguments": { "text": "second" } }))
+            .request(
+                json!(1),
+                "tools/call",
+                json!({ "name": "testkit__echo", "arguments": { "text": "second" } }),
+            )
             .await
     };
     let (slow_reply, (duplicate_status, duplicate_reply)) = tokio::join!(slow, duplicate);
 
     assert_eq!(duplicate_status, 200, "{duplicate_reply}");
-    assert_eq!(duplicate_reply["error"]["code"], json!(-32600), "{duplicate_reply}");
+    assert_eq!(
+        duplicate_reply["error"]["code"],
+        json!(-32600),
+        "{duplicate_reply}"
+    );
     assert!(duplicate_reply.get("result").is_none(), "{duplicate_reply}");
     assert_eq!(result_text(&slow_reply), "slept 1 s", "{slow_reply}");
 
-    let after = session.call_tool_with_id(json!(1), "testkit__echo", json!({ "text": "again" })).await;
-    assert_eq!(result_text(&after), "again", "the id was not released: {after}");
+    let after = session
+        .call_tool_with_id(json!(1), "testkit__echo", json!({ "text": "again" }))
+        .await;
+    assert_eq!(
+        result_text(&after),
+        "again",
+        "the id was not released: {after}"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +172,11 @@ async fn transport_same_id_on_two_sessions_both_succeed() {
     let fast = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         second
-            .call_tool_with_id(json!(1), "testkit__echo", json!({ "text": "second session" }))
+            .call_tool_with_id(
+                json!(1),
+                "testkit__echo",
+                json!({ "text": "second session" }),
+            )
             .await
     };
     let (slow_reply, fast_reply) = tokio::join!(slow, fast);
@@ -179,7 +197,8 @@ fn echo_overhead() -> usize {
     .len()
 }
 
-/// A `testkit__echo` call whose serialised body is exactly `size` bytes.
+/// Returns a `testkit__echo` call whose serialised body is exactly `size`
+/// bytes.
 fn echo_body_of_size(size: usize) -> String {
     let text = "a".repeat(size - echo_overhead());
     json!({
@@ -218,49 +237,59 @@ async fn transport_oversized_body_is_rejected_413() {
     assert_eq!(response.status().as_u16(), 413);
 }
 
-#[tokio::test]
-async fn transport_oversized_chunked_body_is_rejected_413() {
-    let warden = small_limit().await;
-    let session = warden.session(&warden.task().await).await;
-    let body = echo_body_of_size(4 * BODY_LIMIT).into_bytes();
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        body.chunks(4096).map(|chunk| Ok(chunk.to_vec())).collect();
-    let stream = futures_util::stream::iter(chunks);
-
-    let response = session
-        .post()
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .expect("POST a chunked body");
-
-    assert_eq!(response.status().as_u16(), 413);
+/// How a raw request frames its endless body.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `Content-Length: 4294967296`.
+    HugeContentLength,
+    /// `Transfer-Encoding: chunked` with chunks that never end.
+    Chunked,
 }
 
-/// Sends a request head with `Content-Length: 4294967296`, then body bytes
-/// until the gateway answers, and returns the status line.
-async fn huge_content_length_status(warden: &Warden, token: &str, session: &str) -> String {
+/// Sends a `POST /mcp` head, then body bytes until the gateway responds or
+/// 64 times the limit went out, and returns the response's status line.
+/// Raw TCP is used because an HTTP client reports a write error instead of
+/// the response when the server closes the connection while it sends.
+async fn endless_body_status(warden: &Warden, session: &Session, framing: Framing) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", warden.port))
         .await
         .expect("connect to the gateway");
+    let length = match framing {
+        Framing::HugeContentLength => "Content-Length: 4294967296",
+        Framing::Chunked => "Transfer-Encoding: chunked",
+    };
     let head = format!(
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {token}\r\n\
-         Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-11-25\r\n\
-         Content-Type: application/json\r\nContent-Length: 4294967296\r\n\r\n",
-        warden.port
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
+         Mcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-11-25\r\n\
+         Content-Type: application/json\r\n{length}\r\n\r\n",
+        warden.port, session.token, session.id
     );
-    stream.write_all(head.as_bytes()).await.expect("send the request head");
+
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the request head");
+
     let (mut reader, mut writer) = stream.into_split();
     let writer = tokio::spawn(async move {
-        let chunk = vec![b' '; 8192];
-        // Stop after 64 times the limit; the gateway should answer long
-        // before that, and a write error means it closed the connection.
-        for _ in 0..(64 * BODY_LIMIT / chunk.len()) {
+        let data = vec![b' '; 8192];
+        let chunk = match framing {
+            Framing::HugeContentLength => data,
+            Framing::Chunked => [
+                format!("{:x}\r\n", data.len()).into_bytes(),
+                data,
+                b"\r\n".to_vec(),
+            ]
+            .concat(),
+        };
+        for _ in 0..(64 * BODY_LIMIT / 8192) {
+            // A write error means the gateway closed the connection.
             if writer.write_all(&chunk).await.is_err() {
                 break;
             }
         }
     });
+
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
     let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -273,7 +302,8 @@ async fn huge_content_length_status(warden: &Warden, token: &str, session: &str)
     })
     .await;
     writer.abort();
-    assert!(read.is_ok(), "the gateway did not answer within 10 s");
+    assert!(read.is_ok(), "the gateway sent no response within 10 s");
+
     let text = String::from_utf8_lossy(&received);
     text.lines().next().unwrap_or_default().to_owned()
 }
@@ -281,12 +311,49 @@ async fn huge_content_length_status(warden: &Warden, token: &str, session: &str)
 #[tokio::test]
 async fn transport_huge_content_length_is_rejected_413() {
     let warden = small_limit().await;
-    let task = warden.task().await;
-    let session = warden.session(&task).await;
+    let session = warden.session(&warden.task().await).await;
 
-    let status_line = huge_content_length_status(&warden, &task.token, &session.id).await;
+    let status_line = endless_body_status(&warden, &session, Framing::HugeContentLength).await;
 
-    assert!(status_line.starts_with("HTTP/1.1 413"), "status line {status_line:?}");
+    assert!(
+        status_line.starts_with("HTTP/1.1 413"),
+        "status line {status_line:?}"
+    );
+}
+
+#[tokio::test]
+async fn transport_endless_chunked_body_is_rejected_413() {
+    let warden = small_limit().await;
+    let session = warden.session(&warden.task().await).await;
+
+    let status_line = endless_body_status(&warden, &session, Framing::Chunked).await;
+
+    assert!(
+        status_line.starts_with("HTTP/1.1 413"),
+        "status line {status_line:?}"
+    );
+}
+
+#[tokio::test]
+async fn transport_oversized_chunked_body_is_rejected_413() {
+    let warden = small_limit().await;
+    let session = warden.session(&warden.task().await).await;
+    // Small enough for the socket buffers, so the client finishes sending
+    // before it reads the response.
+    let body = echo_body_of_size(BODY_LIMIT + 4096).into_bytes();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(4096).map(|chunk| Ok(chunk.to_vec())).collect();
+
+    let response = session
+        .post()
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("POST a chunked body");
+
+    assert_eq!(response.status().as_u16(), 413);
 }
 
 #[tokio::test]
@@ -418,7 +485,9 @@ async fn transport_malformed_json_keeps_session() {
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["error"]["code"], json!(-32700), "{reply}");
     assert_eq!(reply["id"], Value::Null, "{reply}");
-    let after = session.call_tool("testkit__echo", json!({ "text": "still here" })).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "still here" }))
+        .await;
     assert_eq!(result_text(&after), "still here", "{after}");
 }
 
@@ -434,12 +503,81 @@ async fn transport_malformed_json_spellings_return_parse_error() {
         br#"{'jsonrpc':'2.0','id':1,'method':'tools/list'}"#,
     ];
     for body in bodies {
-        let shown = String::from_utf8_lossy(body).into_owned();
+        let body_text = String::from_utf8_lossy(body).into_owned();
         let (status, reply) = session.exchange(body.to_vec()).await;
-        assert_eq!(status, 400, "{shown} got {reply}");
-        assert_eq!(reply["error"]["code"], json!(-32700), "{shown} got {reply}");
-        assert_eq!(reply["id"], Value::Null, "{shown} got {reply}");
+        assert_eq!(status, 400, "{body_text} got {reply}");
+        assert_eq!(
+            reply["error"]["code"],
+            json!(-32700),
+            "{body_text} got {reply}"
+        );
+        assert_eq!(reply["id"], Value::Null, "{body_text} got {reply}");
     }
-    let after = session.call_tool("testkit__echo", json!({ "text": "still here" })).await;
+    let after = session
+        .call_tool("testkit__echo", json!({ "text": "still here" }))
+        .await;
     assert_eq!(result_text(&after), "still here", "{after}");
+}
+
+#[tokio::test]
+#[ignore = "POST /v1/tasks reads its body with axum's default 2 MB cap instead of limits.max_body_bytes"]
+async fn transport_oversized_task_body_is_rejected_413() {
+    let warden = small_limit().await;
+    let svid = warden.issue_svid();
+    // A valid task request padded with white space past the limit.
+    let body = format!(
+        "{}{}",
+        json!({ "intent": "integration test", "user": "alice@acme.test" }),
+        " ".repeat(4 * BODY_LIMIT)
+    );
+
+    let response = warden
+        .http
+        .post(format!("{}/v1/tasks", warden.base))
+        .bearer_auth(svid)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /v1/tasks");
+
+    assert_eq!(response.status().as_u16(), 413);
+}
+
+#[tokio::test]
+async fn transport_session_of_other_task_is_not_found() {
+    let warden = permissive().await;
+    let owner = warden.session(&warden.task().await).await;
+    let intruder = warden.task().await;
+
+    let (status, reply) = owner
+        .with_token(intruder.token)
+        .request(
+            json!(1),
+            "tools/call",
+            json!({ "name": "testkit__echo", "arguments": { "text": "x" } }),
+        )
+        .await;
+
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply.get("result").is_none(), "{reply}");
+}
+
+#[tokio::test]
+async fn transport_closed_session_is_not_found() {
+    let warden = permissive().await;
+    let session = warden.session(&warden.task().await).await;
+
+    let closed = warden
+        .http
+        .delete(&session.url)
+        .bearer_auth(&session.token)
+        .header("mcp-session-id", &session.id)
+        .send()
+        .await
+        .expect("DELETE /mcp");
+    let (status, reply) = session.request(json!(1), "tools/list", json!({})).await;
+
+    assert_eq!(closed.status().as_u16(), 200);
+    assert_eq!(status, 404, "{reply}");
 }

@@ -1,5 +1,5 @@
 //! Failing upstreams behind a real `warden serve`: a server that exits in
-//! the middle of a call and one that answers later than its timeout. The
+//! the middle of a call and one that responds later than its timeout. The
 //! agent gets a JSON-RPC error, the gateway stays up, and the next call is
 //! served by a restarted process.
 
@@ -29,10 +29,16 @@ async fn upstream_crash_returns_error_and_restarts() {
     let session = warden.session(&warden.task().await).await;
 
     let (status, crashed) = session
-        .request(json!(1), "tools/call", json!({ "name": "testkit__crash", "arguments": {} }))
+        .request(
+            json!(1),
+            "tools/call",
+            json!({ "name": "testkit__crash", "arguments": {} }),
+        )
         .await;
     let health = warden.health().await;
-    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+    let next = session
+        .call_tool("testkit__echo", json!({ "text": "back" }))
+        .await;
 
     assert_eq!(status, 200, "{crashed}");
     assert!(crashed["error"]["code"].is_i64(), "{crashed}");
@@ -56,7 +62,9 @@ async fn upstream_repeated_crashes_leave_others_working() {
             .await;
         assert_eq!(result_text(&other), "file a", "round {round}: {other}");
     }
-    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+    let next = session
+        .call_tool("testkit__echo", json!({ "text": "back" }))
+        .await;
 
     assert_eq!(warden.health().await, 200);
     assert_eq!(result_text(&next), "back", "{next}");
@@ -68,14 +76,24 @@ async fn upstream_timeout_returns_error_and_restarts() {
     let session = warden.session(&warden.task().await).await;
 
     let started = Instant::now();
-    let slow = session.call_tool("testkit__sleep", json!({ "seconds": 5 })).await;
+    let slow = session
+        .call_tool("testkit__sleep", json!({ "seconds": 5 }))
+        .await;
     let elapsed = started.elapsed();
-    let next = session.call_tool("testkit__echo", json!({ "text": "back" })).await;
+    let next = session
+        .call_tool("testkit__echo", json!({ "text": "back" }))
+        .await;
 
     assert!(slow["error"]["code"].is_i64(), "{slow}");
     assert!(slow.get("result").is_none(), "{slow}");
-    assert!(elapsed < Duration::from_millis(2500), "answered after {elapsed:?}");
-    assert!(elapsed >= Duration::from_millis(900), "answered after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "answered after {elapsed:?}"
+    );
     assert_eq!(result_text(&next), "back", "{next}");
 }
 
@@ -101,5 +119,8 @@ async fn upstream_timeout_spares_concurrent_sessions_of_other_servers() {
 
     assert!(slow["error"].is_object(), "{slow}");
     assert_eq!(result_text(&other), "file a", "{other}");
-    assert!(other_elapsed < Duration::from_millis(500), "files waited {other_elapsed:?}");
+    assert!(
+        other_elapsed < Duration::from_millis(500),
+        "files waited {other_elapsed:?}"
+    );
 }

@@ -46,7 +46,12 @@ pub fn signature(key: &[u8], timestamp: i64, body: &str) -> String {
     format!("sha256={}", hex::encode(tag.as_ref()))
 }
 
-async fn deliver(url: String, key: Vec<u8>, mut receiver: mpsc::Receiver<Value>, first_backoff: Duration) {
+async fn deliver(
+    url: String,
+    key: Vec<u8>,
+    mut receiver: mpsc::Receiver<Value>,
+    first_backoff: Duration,
+) {
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -60,7 +65,10 @@ async fn deliver(url: String, key: Vec<u8>, mut receiver: mpsc::Receiver<Value>,
     };
     while let Some(payload) = receiver.recv().await {
         let body = payload.to_string();
-        let approval_id = payload["approval_id"].as_str().unwrap_or_default().to_owned();
+        let approval_id = payload["approval_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let mut backoff = first_backoff;
         for attempt in 1..=MAX_ATTEMPTS {
             let timestamp = crate::auth::now_unix();

@@ -13,10 +13,10 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 use warden_core::Decision;
 use warden_identity::TaskClaims;
-use warden_policy::{Outcome as PolicyOutcome, Step, StepRequest, TaskContext};
+use warden_policy::{Outcome as PolicyOutcome, Step, StepRequest};
 use warden_store::ApprovalStatus;
 
-use super::{DECISION_META_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, RpcError, code};
+use super::{DECISION_META_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, RpcError, code, task_context};
 use crate::approvals;
 use crate::audit;
 use crate::scope;
@@ -67,13 +67,19 @@ pub async fn dispatch(context: &Context<'_>, method: &str, params: Option<&Value
         "tools/list" => tools_list(context).into(),
         "tools/call" => tools_call(context, params).await.into(),
         "resources/list" => gather(context, |c| &c.resources, "resources", None).into(),
-        "resources/templates/list" => {
-            gather(context, |c| &c.resource_templates, "resourceTemplates", None).into()
-        }
+        "resources/templates/list" => gather(
+            context,
+            |c| &c.resource_templates,
+            "resourceTemplates",
+            None,
+        )
+        .into(),
         "prompts/list" => gather(context, |c| &c.prompts, "prompts", Some("name")).into(),
         "resources/read" => resources_read(context, params).await.into(),
         "prompts/get" => prompts_get(context, params).await.into(),
-        "completion/complete" | "logging/setLevel" | "resources/subscribe"
+        "completion/complete"
+        | "logging/setLevel"
+        | "resources/subscribe"
         | "resources/unsubscribe" => forward_plain(context, method, params).await.into(),
         other => Outcome::Error(RpcError::new(
             code::METHOD_NOT_FOUND,
@@ -97,9 +103,12 @@ fn capabilities(context: &Context<'_>) -> Value {
     let upstreams = reachable(context);
     let mut capabilities = Map::new();
     let offered = |name: &str| {
-        upstreams
-            .iter()
-            .any(|u| u.catalog().capabilities().get(name).is_some_and(Value::is_object))
+        upstreams.iter().any(|u| {
+            u.catalog()
+                .capabilities()
+                .get(name)
+                .is_some_and(Value::is_object)
+        })
     };
     // NOTE: listChanged and subscribe are not advertised because Warden
     // does not relay server-initiated notifications to agents.
@@ -134,10 +143,11 @@ fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
         Some(v) if HANDSHAKE_VERSIONS.contains(&v) => v,
         _ => HANDSHAKE_VERSIONS[HANDSHAKE_VERSIONS.len() - 1],
     };
-    let Some(session) = context
-        .state
-        .sessions
-        .create(&context.claims.task_id, context.server, version)
+    let Some(session) =
+        context
+            .state
+            .sessions
+            .create(&context.claims.task_id, context.server, version)
     else {
         return Outcome::Error(RpcError::new(
             code::INVALID_REQUEST,
@@ -176,24 +186,14 @@ fn discover(context: &Context<'_>) -> Value {
 
 fn reachable(context: &Context<'_>) -> Vec<Arc<Upstream>> {
     match context.server {
-        Some(server) => context.state.upstreams.get(server).cloned().into_iter().collect(),
+        Some(server) => context
+            .state
+            .upstreams
+            .get(server)
+            .cloned()
+            .into_iter()
+            .collect(),
         None => context.state.upstreams.values().cloned().collect(),
-    }
-}
-
-fn task_context(claims: &TaskClaims) -> TaskContext {
-    TaskContext {
-        task_id: claims.task_id.clone(),
-        agent: claims.sub.clone(),
-        trust_domain: claims
-            .sub
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_default()
-            .to_owned(),
-        user: claims.user.clone(),
-        intent: claims.intent.clone(),
-        tools: claims.tools.clone(),
     }
 }
 
@@ -272,11 +272,17 @@ fn gather(
 
 async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
-        return Err(RpcError::new(code::INVALID_PARAMS, "tools/call needs params.name, the tool's name"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "tools/call needs params.name, the tool's name",
+        ));
     };
     let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
     if !(arguments.is_object() || arguments.is_null()) {
-        return Err(RpcError::new(code::INVALID_PARAMS, "params.arguments must be an object"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "params.arguments must be an object",
+        ));
     }
     let Some((upstream, tool)) = resolve(context, name).filter(|(u, t)| u.has_tool(t)) else {
         return Err(RpcError::new(
@@ -309,7 +315,10 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         }
     };
     state.metrics.count_decision(outcome.decision);
-    let decided_arguments = outcome.arguments.clone().unwrap_or_else(|| arguments.clone());
+    let decided_arguments = outcome
+        .arguments
+        .clone()
+        .unwrap_or_else(|| arguments.clone());
     let span = audit::record(
         state,
         claims,
@@ -331,7 +340,7 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
     );
     tracing::info!(
         task.id = %claims.task_id,
-        agent.id = %claims.sub,
+        agent.id = %crate::delegation::acting_agent(claims),
         tool.name = %qualified,
         decision = %outcome.decision,
         policies = ?outcome.policy_ids,
@@ -339,14 +348,28 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
     );
     let mut outcome = outcome;
     if outcome.decision == Decision::Hold {
-        match approvals::resolve(state, claims, &qualified, &decided_arguments, &outcome, &span).await {
+        match approvals::resolve(
+            state,
+            claims,
+            &qualified,
+            &decided_arguments,
+            &outcome,
+            &span,
+        )
+        .await
+        {
             Ok(approvals::Resolution::Proceed { approval_id }) => {
                 tracing::info!(task.id = %claims.task_id, tool.name = %qualified, approval.id = %approval_id, "approved call proceeds");
             }
-            Ok(approvals::Resolution::Refuse { approval_id, status }) => {
+            Ok(approvals::Resolution::Refuse {
+                approval_id,
+                status,
+            }) => {
                 if status == ApprovalStatus::Denied {
                     outcome.decision = Decision::Deny;
-                    outcome.reason = format!("a person denied this exact call (approval {approval_id}); the decision is final");
+                    outcome.reason = format!(
+                        "a person denied this exact call (approval {approval_id}); the decision is final"
+                    );
                 } else if status == ApprovalStatus::Expired {
                     outcome.reason = format!(
                         "{}; approval request {approval_id} expired before a decision, so retry to request a new one",
@@ -358,7 +381,8 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
             Err(error) => {
                 tracing::error!(task.id = %claims.task_id, tool.name = %qualified, %error, "approval store failed; denying the held call");
                 outcome.decision = Decision::Deny;
-                outcome.reason = format!("the approval store is unavailable ({error}); try again later");
+                outcome.reason =
+                    format!("the approval store is unavailable ({error}); try again later");
                 return Ok(refusal(claims, &qualified, &outcome, None));
             }
         }
@@ -375,7 +399,9 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         forwarded.insert("_meta".into(), meta);
     }
     let started = Instant::now();
-    let result = upstream.request("tools/call", Some(Value::Object(forwarded))).await;
+    let result = upstream
+        .request("tools/call", Some(Value::Object(forwarded)))
+        .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (detail, reply) = match result {
         Ok(Ok(result)) => (
@@ -391,11 +417,17 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
             Err(upstream_rpc_error(error.error)),
         ),
         Err(error) => {
-            state.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .upstream_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(task.id = %claims.task_id, tool.name = %qualified, %error, "upstream call failed");
             (
                 json!({ "outcome": "failure", "error": error.to_string(), "duration_ms": elapsed_ms }),
-                Err(RpcError::new(code::INTERNAL_ERROR, format!("{error}; retry the call"))),
+                Err(RpcError::new(
+                    code::INTERNAL_ERROR,
+                    format!("{error}; retry the call"),
+                )),
             )
         }
     };
@@ -418,12 +450,17 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
 
 async fn resources_read(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
-        return Err(RpcError::new(code::INVALID_PARAMS, "resources/read needs params.uri"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "resources/read needs params.uri",
+        ));
     };
     let Some(upstream) = resource_owner(context, uri) else {
         return Err(RpcError::new(
             code::INVALID_PARAMS,
-            format!("unknown resource {uri:?}; call resources/list, or read it through /mcp/{{server}}"),
+            format!(
+                "unknown resource {uri:?}; call resources/list, or read it through /mcp/{{server}}"
+            ),
         ));
     };
     let outcome = context.state.engine().decide(&StepRequest {
@@ -433,12 +470,24 @@ async fn resources_read(context: &Context<'_>, params: &Value) -> Result<Value, 
             uri,
         },
     });
-    decide_and_forward(context, &upstream, "resources/read", "resource", uri, params.clone(), outcome).await
+    decide_and_forward(
+        context,
+        &upstream,
+        "resources/read",
+        "resource",
+        uri,
+        params.clone(),
+        outcome,
+    )
+    .await
 }
 
 async fn prompts_get(context: &Context<'_>, params: &Value) -> Result<Value, RpcError> {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
-        return Err(RpcError::new(code::INVALID_PARAMS, "prompts/get needs params.name"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "prompts/get needs params.name",
+        ));
     };
     let known = |u: &Arc<Upstream>, p: &str| {
         u.catalog()
@@ -462,7 +511,16 @@ async fn prompts_get(context: &Context<'_>, params: &Value) -> Result<Value, Rpc
     let mut forwarded = params.clone();
     forwarded["name"] = Value::String(prompt.clone());
     let target = format!("{}__{prompt}", upstream.name());
-    decide_and_forward(context, &upstream, "prompts/get", "prompt", &target, forwarded, outcome).await
+    decide_and_forward(
+        context,
+        &upstream,
+        "prompts/get",
+        "prompt",
+        &target,
+        forwarded,
+        outcome,
+    )
+    .await
 }
 
 /// Records the decision of a resource read or prompt get and forwards it
@@ -498,7 +556,8 @@ async fn decide_and_forward(
             code::INVALID_REQUEST,
             format!("Warden refused {method} of {target}: {}", outcome.reason),
         );
-        error.data = Some(json!({ DECISION_META_KEY: decision_json(context.claims, &outcome, None) }));
+        error.data =
+            Some(json!({ DECISION_META_KEY: decision_json(context.claims, &outcome, None) }));
         return Err(error);
     }
     let params = strip_envelope(params);
@@ -510,7 +569,10 @@ async fn decide_and_forward(
             Err(upstream_rpc_error(error.error)),
         ),
         Err(error) => {
-            state.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .upstream_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             (
                 json!({ "outcome": "failure", "error": error.to_string() }),
                 Err(RpcError::new(code::INTERNAL_ERROR, error.to_string())),
@@ -534,7 +596,11 @@ async fn decide_and_forward(
     reply
 }
 
-async fn forward_plain(context: &Context<'_>, method: &str, params: &Value) -> Result<Value, RpcError> {
+async fn forward_plain(
+    context: &Context<'_>,
+    method: &str,
+    params: &Value,
+) -> Result<Value, RpcError> {
     let Some(upstream) = context.server.and_then(|s| context.state.upstreams.get(s)) else {
         if method == "logging/setLevel" {
             return Ok(json!({}));
@@ -544,7 +610,10 @@ async fn forward_plain(context: &Context<'_>, method: &str, params: &Value) -> R
             format!("{method} is served on /mcp/{{server}} only, where the server is unambiguous"),
         ));
     };
-    match upstream.request(method, Some(strip_envelope(params.clone()))).await {
+    match upstream
+        .request(method, Some(strip_envelope(params.clone())))
+        .await
+    {
         Ok(Ok(result)) => Ok(result),
         Ok(Err(error)) => Err(upstream_rpc_error(error.error)),
         Err(error) => Err(RpcError::new(code::INTERNAL_ERROR, error.to_string())),
@@ -609,7 +678,10 @@ fn strip_envelope(mut params: Value) -> Value {
 
 fn upstream_rpc_error(error: Value) -> RpcError {
     RpcError {
-        code: error.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR),
+        code: error
+            .get("code")
+            .and_then(Value::as_i64)
+            .unwrap_or(code::INTERNAL_ERROR),
         message: error
             .get("message")
             .and_then(Value::as_str)
@@ -651,7 +723,9 @@ pub fn refusal(
     let text = match outcome.decision {
         Decision::Hold => format!(
             "Warden is holding this call to {tool} for human approval{}: {}. Retry the same call once a person has approved it ({policies}).",
-            approval_id.map(|id| format!(" (approval id {id})")).unwrap_or_default(),
+            approval_id
+                .map(|id| format!(" (approval id {id})"))
+                .unwrap_or_default(),
             outcome.reason
         ),
         _ => format!(

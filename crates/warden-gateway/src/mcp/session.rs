@@ -68,7 +68,12 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens a session for a task; `None` when the task holds too many.
-    pub fn create(&self, task_id: &str, server: Option<&str>, protocol_version: &str) -> Option<Arc<Session>> {
+    pub fn create(
+        &self,
+        task_id: &str,
+        server: Option<&str>,
+        protocol_version: &str,
+    ) -> Option<Arc<Session>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let open = map.values().filter(|s| s.task_id == task_id).count();
         if open >= MAX_SESSIONS_PER_TASK {
@@ -96,7 +101,10 @@ impl Sessions {
 
     /// Closes a session.
     pub fn remove(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Closes every session of the given tasks.

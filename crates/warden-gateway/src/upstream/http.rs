@@ -94,7 +94,11 @@ impl HttpClient {
     }
 
     /// Sends one request and waits for the response.
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<RpcOutcome, UpstreamError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<RpcOutcome, UpstreamError> {
         for _ in 0..2 {
             let session = self.ensure_session().await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -152,7 +156,8 @@ impl HttpClient {
     /// Probes for the stateless revision; `None` means "use the handshake".
     async fn discover(&self) -> Result<Option<Session>, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut message = json!({ "jsonrpc": "2.0", "id": id, "method": "server/discover", "params": {} });
+        let mut message =
+            json!({ "jsonrpc": "2.0", "id": id, "method": "server/discover", "params": {} });
         add_envelope(&mut message);
         let probe = Session {
             id: None,
@@ -323,7 +328,8 @@ impl HttpClient {
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|error| self.unavailable(&format!("reading the body failed: {error}")))?;
+            let chunk = chunk
+                .map_err(|error| self.unavailable(&format!("reading the body failed: {error}")))?;
             if body.len() + chunk.len() > self.max_message_bytes {
                 return Err(self.protocol(&format!(
                     "response body larger than {} bytes",
@@ -344,7 +350,9 @@ impl HttpClient {
         let mut parser = sse::Parser::new(self.max_message_bytes);
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|error| self.unavailable(&format!("reading the event stream failed: {error}")))?;
+            let chunk = chunk.map_err(|error| {
+                self.unavailable(&format!("reading the event stream failed: {error}"))
+            })?;
             let events = parser
                 .feed(&chunk)
                 .map_err(|error| self.protocol(&error.to_string()))?;
@@ -361,11 +369,14 @@ impl HttpClient {
                 };
                 let method = message.get("method").and_then(Value::as_str);
                 match (message.get("id"), method) {
-                    (Some(message_id), None) if id.is_some_and(|id| message_id.as_u64() == Some(id)) => {
+                    (Some(message_id), None)
+                        if id.is_some_and(|id| message_id.as_u64() == Some(id)) =>
+                    {
                         return Ok(Reply::Message(message));
                     }
                     (Some(request_id), Some(method)) => {
-                        self.answer_server_request(session, request_id, method).await;
+                        self.answer_server_request(session, request_id, method)
+                            .await;
                     }
                     _ => {
                         // NOTE: notifications sent during a call (progress,

@@ -78,7 +78,11 @@ impl StdioClient {
     }
 
     /// Sends one request and waits for the response.
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<RpcOutcome, UpstreamError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<RpcOutcome, UpstreamError> {
         let process = self.ensure().await?;
         let response = process.call(&self.settings.server, method, params).await?;
         outcome_of(&self.settings.server, &response)
@@ -87,7 +91,9 @@ impl StdioClient {
     /// Sends one notification.
     pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), UpstreamError> {
         let process = self.ensure().await?;
-        process.send(&self.settings.server, &notification(method, params)).await
+        process
+            .send(&self.settings.server, &notification(method, params))
+            .await
     }
 
     /// Returns true while a process is running.
@@ -170,13 +176,15 @@ impl StdioClient {
         if let Some(cwd) = &settings.cwd {
             command.current_dir(cwd);
         }
-        let mut child = command.spawn().map_err(|error| UpstreamError::Unavailable {
-            server: server.clone(),
-            detail: format!(
-                "cannot run {:?}: {error}; check upstreams.{server}.command and PATH",
-                settings.command
-            ),
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|error| UpstreamError::Unavailable {
+                server: server.clone(),
+                detail: format!(
+                    "cannot run {:?}: {error}; check upstreams.{server}.command and PATH",
+                    settings.command
+                ),
+            })?;
         tracing::info!(upstream = %server, pid = child.id().unwrap_or(0), command = %settings.command, "upstream process started");
 
         let unavailable = |what: &str| UpstreamError::Unavailable {
@@ -194,7 +202,10 @@ impl StdioClient {
         tokio::spawn(write_lines(server.clone(), stdin, lines_rx, alive.clone()));
         tokio::spawn(read_messages(
             server.clone(),
-            FramedRead::new(stdout, LinesCodec::new_with_max_length(settings.max_line_bytes)),
+            FramedRead::new(
+                stdout,
+                LinesCodec::new_with_max_length(settings.max_line_bytes),
+            ),
             pending.clone(),
             lines.clone(),
             alive.clone(),
@@ -230,7 +241,12 @@ impl StdioClient {
 }
 
 impl Process {
-    async fn call(&self, server: &str, method: &str, params: Option<Value>) -> Result<Value, UpstreamError> {
+    async fn call(
+        &self,
+        server: &str,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -355,7 +371,9 @@ async fn read_messages(
                     Some(waiter) => {
                         let _ = waiter.send(message);
                     }
-                    None => tracing::debug!(upstream = %server, %id, "response to no pending request"),
+                    None => {
+                        tracing::debug!(upstream = %server, %id, "response to no pending request")
+                    }
                 }
             }
             (Some(id), Some(method)) => {

@@ -57,6 +57,11 @@ impl PolicyEngine {
             },
             Step::ReadResource { server, uri } => self.decide_read_resource(task, server, uri),
             Step::GetPrompt { server, name } => self.decide_get_prompt(task, server, name),
+            Step::Delegate {
+                to_agent,
+                tools,
+                depth,
+            } => self.decide_delegate(task, to_agent, tools, depth),
         }
     }
 
@@ -86,6 +91,56 @@ impl PolicyEngine {
             entities: vec![Entity::with_uid(
                 self.names.uid(&self.names.gateway, GATEWAY_ID),
             )],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_delegate(
+        &self,
+        task: &TaskContext,
+        to_agent: &str,
+        tools: &[String],
+        depth: u32,
+    ) -> Outcome {
+        let description = format!("delegating to {to_agent}");
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let resource = self.names.uid(&self.names.agent, to_agent);
+        let trust_domain = to_agent
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let entity = match Entity::new_with_tags(
+            resource.clone(),
+            [("trust_domain".to_owned(), string(trust_domain))],
+            [],
+            [],
+        ) {
+            Ok(entity) => entity,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let tools = tools
+            .iter()
+            .map(|tool| RestrictedExpression::new_string(tool.clone()));
+        let parts = StepParts {
+            action: &self.delegate,
+            resource,
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("tools".to_owned(), RestrictedExpression::new_set(tools)),
+                (
+                    "depth".to_owned(),
+                    RestrictedExpression::new_long(i64::from(depth)),
+                ),
+            ],
+            entities: if to_agent == task.agent {
+                Vec::new()
+            } else {
+                vec![entity]
+            },
             description,
         };
         self.evaluate(task, parts)
@@ -328,11 +383,22 @@ fn task_record(task: &TaskContext) -> Result<RestrictedExpression, String> {
         .tools
         .iter()
         .map(|tool| RestrictedExpression::new_string(tool.clone()));
+    let agents = task
+        .chain
+        .iter()
+        .map(|agent| RestrictedExpression::new_string(agent.clone()));
+    let root_agent = task.chain.first().unwrap_or(&task.agent);
     RestrictedExpression::new_record([
         ("id".to_owned(), string(&task.task_id)),
         ("intent".to_owned(), string(&task.intent)),
         ("user".to_owned(), string(&task.user)),
         ("tools".to_owned(), RestrictedExpression::new_set(tools)),
+        (
+            "depth".to_owned(),
+            RestrictedExpression::new_long(i64::from(task.depth)),
+        ),
+        ("agents".to_owned(), RestrictedExpression::new_set(agents)),
+        ("root_agent".to_owned(), string(root_agent)),
     ])
     .map_err(|error| error.to_string())
 }

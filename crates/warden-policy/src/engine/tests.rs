@@ -103,6 +103,8 @@ fn task() -> TaskContext {
         user: "alice".to_owned(),
         intent: "summarise reports".to_owned(),
         tools: vec!["fs__read_file".to_owned(), "pay__*".to_owned()],
+        chain: vec!["spiffe://acme.test/agent/support-bot".to_owned()],
+        depth: 0,
     }
 }
 
@@ -866,4 +868,115 @@ fn schema_text_lists_tool_actions() {
     assert!(text.contains("namespace Warden"), "{text}");
     assert!(text.contains("\"fs__read_file\""), "{text}");
     assert!(text.contains("\"evil__send_email\""), "{text}");
+}
+
+fn delegated_task() -> TaskContext {
+    TaskContext {
+        agent: "spiffe://acme.test/agent/mailer".to_owned(),
+        chain: vec![
+            "spiffe://acme.test/agent/support-bot".to_owned(),
+            "spiffe://acme.test/agent/mailer".to_owned(),
+        ],
+        depth: 1,
+        ..task()
+    }
+}
+
+const DELEGATION_POLICIES: &str = r#"
+@id("delegate-two-hops")
+permit (principal, action == Warden::Action::"delegate", resource)
+when { context.depth <= 2 };
+
+@id("no-payments-below-root")
+@reason("a delegated agent may not call payment tools")
+forbid (principal, action in Warden::Action::"call_tool", resource)
+when { context.task.depth > 0 && resource.server == "pay" };
+
+@id("pay-anything")
+permit (principal, action in Warden::Action::"call_tool", resource)
+when { resource.server == "pay" };
+"#;
+
+fn delegation_engine() -> PolicyEngine {
+    let tools = vec![ToolDef {
+        server: "pay".to_owned(),
+        name: "transfer".to_owned(),
+        description: None,
+        input_schema: json!({
+            "type": "object",
+            "properties": { "amount": { "type": "integer" } },
+            "required": ["amount"]
+        }),
+        annotations: None,
+        classes: vec!["payment".to_owned()],
+        path_arguments: None,
+    }];
+    PolicyEngine::from_sources(
+        &[(
+            "delegation.cedar".to_owned(),
+            DELEGATION_POLICIES.to_owned(),
+        )],
+        &tools,
+        EngineOptions {
+            environment: "test".to_owned(),
+        },
+    )
+    .expect("delegation policies load")
+}
+
+#[test]
+fn delegate_allowed_within_depth() {
+    let engine = delegation_engine();
+    let tools = vec!["pay__transfer".to_owned()];
+    let outcome = engine.decide(&StepRequest {
+        task: &task(),
+        step: Step::Delegate {
+            to_agent: "spiffe://acme.test/agent/mailer",
+            tools: &tools,
+            depth: 1,
+        },
+    });
+    assert_eq!(outcome.decision, Decision::Allow);
+    assert_eq!(outcome.policy_ids, vec!["delegate-two-hops"]);
+}
+
+#[test]
+fn delegate_denied_past_depth() {
+    let engine = delegation_engine();
+    let tools = vec!["pay__transfer".to_owned()];
+    let outcome = engine.decide(&StepRequest {
+        task: &task(),
+        step: Step::Delegate {
+            to_agent: "spiffe://acme.test/agent/mailer",
+            tools: &tools,
+            depth: 3,
+        },
+    });
+    assert_eq!(outcome.decision, Decision::Deny);
+}
+
+#[test]
+fn delegated_agent_sees_its_depth() {
+    let engine = delegation_engine();
+    let arguments = json!({ "amount": 5 });
+    let root = engine.decide(&StepRequest {
+        task: &task(),
+        step: Step::CallTool {
+            tool: "pay__transfer",
+            arguments: &arguments,
+        },
+    });
+    assert_eq!(root.decision, Decision::Allow);
+    let delegated = engine.decide(&StepRequest {
+        task: &delegated_task(),
+        step: Step::CallTool {
+            tool: "pay__transfer",
+            arguments: &arguments,
+        },
+    });
+    assert_eq!(delegated.decision, Decision::Deny);
+    assert_eq!(
+        delegated.reason,
+        "a delegated agent may not call payment tools"
+    );
 }

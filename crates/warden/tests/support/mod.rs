@@ -28,7 +28,7 @@ pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 /// SPIFFE ID of the agent the tests act as.
 pub const AGENT: &str = "spiffe://warden.local/agent/test-bot";
 
-/// Key under `_meta` of a refused call's result that holds the decision.
+/// Key under `_meta` of a refused call's result that contains the decision.
 pub const DECISION_KEY: &str = "dev.warden/decision";
 
 /// Policies that let any agent start a task and list every tool.
@@ -40,7 +40,7 @@ permit (principal, action == Warden::Action::"start_task", resource);
 permit (principal, action == Warden::Action::"list_tools", resource);
 "#;
 
-/// Longest time a gateway may take to answer `/healthz` after it starts.
+/// Max time a gateway may take to return 200 on `/healthz` after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One bundled example server configured as an upstream.
@@ -102,11 +102,14 @@ impl Setup {
         }
     }
 
-    /// A `files` upstream and a `testkit` upstream where every call is
-    /// permitted.
+    /// Returns a setup with a `files` and a `testkit` upstream where every
+    /// call is permitted.
     pub fn permissive() -> Setup {
         Setup::new(
-            vec![Upstream::new("files", "files"), Upstream::new("testkit", "testkit")],
+            vec![
+                Upstream::new("files", "files"),
+                Upstream::new("testkit", "testkit"),
+            ],
             "@id(\"allow-all-calls\")\npermit (principal, action in Warden::Action::\"call_tool\", resource);\n",
         )
     }
@@ -132,9 +135,11 @@ impl ConfigDir {
         let root = dir.path().join("root");
         std::fs::create_dir_all(&policy_dir).expect("create the policy directory");
         std::fs::create_dir_all(root.join("workspace")).expect("create the workspace");
+
         for (name, text) in &setup.policies {
             std::fs::write(policy_dir.join(name), text).expect("write a policy file");
         }
+
         let config = dir.path().join("warden.toml");
         let mut toml = String::new();
         writeln!(toml, "data_dir = {}", quote(&dir.path().join("data"))).expect("format");
@@ -165,6 +170,7 @@ impl ConfigDir {
                 writeln!(toml, "timeout_seconds = {seconds}").expect("format");
             }
         }
+
         std::fs::write(&config, toml).expect("write the config file");
         ConfigDir {
             dir,
@@ -174,8 +180,8 @@ impl ConfigDir {
         }
     }
 
-    /// Path of a file in the example `files` server's workspace, given as
-    /// the virtual path the server shows (`/workspace/...`).
+    /// Returns the real path of a file in the `files` server's workspace,
+    /// given the virtual path the server shows (`/workspace/...`).
     pub fn workspace_file(&self, virtual_path: &str) -> PathBuf {
         let rest = virtual_path
             .strip_prefix("/workspace/")
@@ -244,7 +250,7 @@ impl Drop for Warden {
 
 impl Warden {
     /// Writes the configuration, starts `warden serve` on a free port and
-    /// waits until `/healthz` answers. Retries on another port when the
+    /// waits until `/healthz` returns 200. Retries on another port when the
     /// chosen one was taken in the meantime.
     pub async fn start(setup: Setup) -> Warden {
         let mut last_log = String::new();
@@ -497,6 +503,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// Returns the same session presented with another bearer token.
+    pub fn with_token(&self, token: String) -> Session {
+        Session {
+            token,
+            ..self.clone()
+        }
+    }
+
     /// Returns a request builder for `POST` on the session's endpoint with
     /// the token and session headers set.
     pub fn post(&self) -> reqwest::RequestBuilder {
@@ -543,7 +557,11 @@ impl Session {
     /// Calls a tool with the given request id and returns the JSON reply.
     pub async fn call_tool_with_id(&self, id: Value, name: &str, arguments: Value) -> Value {
         let (status, reply) = self
-            .request(id, "tools/call", json!({ "name": name, "arguments": arguments }))
+            .request(
+                id,
+                "tools/call",
+                json!({ "name": name, "arguments": arguments }),
+            )
             .await;
         assert_eq!(status, 200, "tools/call returned HTTP {status}: {reply}");
         reply
@@ -588,10 +606,11 @@ impl DevKey {
         DevKey::from_pkcs8(&der)
     }
 
-    /// Generates a fresh key that no trust domain knows.
+    /// Generates a fresh key that is in no trust bundle.
     pub fn generate() -> DevKey {
-        let document = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .expect("generate a P-256 key");
+        let document =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .expect("generate a P-256 key");
         DevKey::from_pkcs8(document.as_ref())
     }
 
@@ -605,7 +624,8 @@ impl DevKey {
         let thumbprint_input = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let digest = ring::digest::digest(&ring::digest::SHA256, thumbprint_input.as_bytes());
         let kid = URL_SAFE_NO_PAD.encode(digest.as_ref());
-        let public_jwk = json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256" });
+        let public_jwk =
+            json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256" });
         DevKey {
             key_pair,
             kid,
@@ -616,12 +636,30 @@ impl DevKey {
 
     /// Signs `claims` as ES256 with this key's `kid`.
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(&json!({ "alg": "ES256", "typ": "JWT", "kid": self.kid }), claims)
+        self.sign_with_header(
+            &json!({ "alg": "ES256", "typ": "JWT", "kid": self.kid }),
+            claims,
+        )
     }
 
     /// Signs `claims` as ES256 under an arbitrary header.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
         let input = signing_input(header, claims);
+        let signature = self
+            .key_pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .expect("sign");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+
+    /// Signs the exact header and payload texts as ES256, so a test can
+    /// send JSON that a serialiser would not produce (duplicate keys).
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
         let signature = self
             .key_pair
             .sign(&SystemRandom::new(), input.as_bytes())

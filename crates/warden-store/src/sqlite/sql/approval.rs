@@ -156,8 +156,8 @@ pub(in crate::sqlite) fn find_approval(
 /// denied.
 ///
 /// The conditional `UPDATE` decides the race between approvers. When it
-/// changes nothing, the follow-up read in the same transaction tells an
-/// unknown id from a conflict and finds the status that won.
+/// changes nothing, the follow-up read in the same transaction
+/// distinguishes an unknown id from a conflict and finds the status that won.
 pub(in crate::sqlite) fn decide_approval(
     conn: &mut Connection,
     approval_id: &str,
