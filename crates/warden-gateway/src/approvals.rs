@@ -122,17 +122,20 @@ pub async fn resolve(
     };
     let store = &state.store;
     let hash = warden_core::json::canonical_hash(arguments);
-    let now = now_unix();
-    let existing = store
-        .find_approval(&claims.task_id, tool, &hash, now)
-        .await?;
-    let approval_id = match existing {
-        Some(record) => match record.status {
+    // Two rounds at most: an approved request that a concurrent identical
+    // call used first is gone, and the second round opens a new one.
+    for _ in 0..2 {
+        let now = now_unix();
+        let candidate = new_request(&step, arguments, &hash, outcome, now);
+        let (record, created) = store.open_approval(&candidate, now).await?;
+        if created {
+            announce(&step, &record, outcome);
+        }
+        match record.status {
             ApprovalStatus::Approved => {
                 if store.consume_approval(&record.approval_id, now).await? {
                     return Ok(used(&step, &record.approval_id));
                 }
-                request(&step, arguments, &hash, outcome).await?
             }
             ApprovalStatus::Denied => {
                 return Ok(Resolution::Refuse {
@@ -140,11 +143,27 @@ pub async fn resolve(
                     status: ApprovalStatus::Denied,
                 });
             }
-            _ => record.approval_id,
-        },
-        None => request(&step, arguments, &hash, outcome).await?,
-    };
-    wait(&step, &approval_id).await
+            _ => match wait(&step, &record.approval_id).await? {
+                // An identical call used the approval first: open a fresh
+                // request for this one instead of naming the used one.
+                Resolution::Refuse {
+                    status: ApprovalStatus::Consumed,
+                    ..
+                } => break,
+                resolution => return Ok(resolution),
+            },
+        }
+    }
+    let now = now_unix();
+    let candidate = new_request(&step, arguments, &hash, outcome, now);
+    let (record, created) = store.open_approval(&candidate, now).await?;
+    if created {
+        announce(&step, &record, outcome);
+    }
+    Ok(Resolution::Refuse {
+        approval_id: record.approval_id,
+        status: record.status,
+    })
 }
 
 /// The held call being resolved.
@@ -155,39 +174,43 @@ struct Held<'a> {
     decision_span: &'a str,
 }
 
-async fn request(
+fn new_request(
     step: &Held<'_>,
     arguments: &Value,
     hash: &str,
     outcome: &PolicyOutcome,
-) -> Result<String, StoreError> {
-    let Held {
-        state,
-        claims,
-        tool,
-        decision_span,
-    } = *step;
-    let now = now_unix();
-    let record = ApprovalRecord {
+    now: i64,
+) -> ApprovalRecord {
+    let claims = step.claims;
+    ApprovalRecord {
         approval_id: uuid::Uuid::new_v4().to_string(),
         task_id: claims.task_id.clone(),
         trace_id: claims.trace_id.clone(),
         agent: crate::delegation::acting_agent(claims).to_owned(),
         user: claims.user.clone(),
-        tool: tool.to_owned(),
+        tool: step.tool.to_owned(),
         arguments: arguments.clone(),
         arguments_hash: hash.to_owned(),
         policy_ids: outcome.policy_ids.clone(),
         reason: outcome.reason.clone(),
         status: ApprovalStatus::Pending,
         created_at: now,
-        expires_at: now + state.config.approvals.ttl_seconds as i64,
+        expires_at: now + step.state.config.approvals.ttl_seconds as i64,
         decided_at: None,
         decided_by: None,
         decision_reason: None,
         consumed_at: None,
-    };
-    state.store.insert_approval(&record).await?;
+    }
+}
+
+/// Records a newly stored request in the trace and sends it to the webhook.
+fn announce(step: &Held<'_>, record: &ApprovalRecord, outcome: &PolicyOutcome) {
+    let Held {
+        state,
+        claims,
+        tool,
+        decision_span,
+    } = *step;
     audit::record(
         state,
         claims,
@@ -199,7 +222,7 @@ async fn request(
             reason: Some(&outcome.reason),
             detail: json!({
                 "approval_id": record.approval_id,
-                "arguments_sha256": hash,
+                "arguments_sha256": record.arguments_hash,
                 "expires_at": format_time(record.expires_at),
             }),
             span_id: None,
@@ -213,9 +236,8 @@ async fn request(
         "approval requested"
     );
     if let Some(webhook) = &state.approvals.webhook {
-        webhook.send(approval_json(&record, now));
+        webhook.send(approval_json(record, now_unix()));
     }
-    Ok(record.approval_id)
 }
 
 async fn wait(step: &Held<'_>, approval_id: &str) -> Result<Resolution, StoreError> {

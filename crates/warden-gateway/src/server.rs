@@ -222,6 +222,9 @@ impl Gateway {
 
 /// Builds the HTTP router.
 pub fn router(state: Arc<AppState>) -> Router {
+    // Handlers that take the body as `Bytes` are capped by this layer; the
+    // MCP endpoint caps its streamed body itself with the same limit.
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.limits.max_body_bytes);
     Router::new()
         .route("/v1/tasks", post(tasks::start))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
@@ -246,6 +249,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .layer(body_limit)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::check_host_and_origin,

@@ -282,6 +282,17 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Vec<ApprovalRecord>, StoreError>;
 
+    /// Returns the open approval request of this exact call (task, tool,
+    /// argument hash), or stores `approval` as a new one when none is
+    /// pending, approved or denied at `now`. The lookup and the insert are
+    /// one transaction, so identical calls arriving together share one
+    /// request; the flag is true when `approval` was stored.
+    async fn open_approval(
+        &self,
+        approval: &ApprovalRecord,
+        now: i64,
+    ) -> Result<(ApprovalRecord, bool), StoreError>;
+
     /// Finds the newest approval for this exact call (task, qualified tool
     /// name and arguments hash) whose effective status at `now` is pending,
     /// approved or denied.

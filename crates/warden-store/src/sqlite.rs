@@ -327,6 +327,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn open_approval(
+        &self,
+        approval: &ApprovalRecord,
+        now: i64,
+    ) -> Result<(ApprovalRecord, bool), StoreError> {
+        check_new_approval(approval)?;
+        let owned = approval.clone();
+        self.write(
+            format!(
+                "open approval of {:?} in task {:?}",
+                approval.tool, approval.task_id
+            ),
+            move |conn| sql::open_approval(conn, &owned, now),
+        )
+        .await
+    }
+
     async fn find_approval(
         &self,
         task_id: &str,

@@ -520,7 +520,6 @@ async fn transport_malformed_json_spellings_return_parse_error() {
 }
 
 #[tokio::test]
-#[ignore = "POST /v1/tasks reads its body with axum's default 2 MB cap instead of limits.max_body_bytes"]
 async fn transport_oversized_task_body_is_rejected_413() {
     let warden = small_limit().await;
     let svid = warden.issue_svid();

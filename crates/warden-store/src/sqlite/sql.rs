@@ -17,7 +17,7 @@ mod approval;
 
 pub(super) use self::approval::{
     ApprovalDecision, ApprovalInsert, consume_approval, decide_approval, find_approval,
-    insert_approval, select_approval, select_approvals,
+    insert_approval, open_approval, select_approval, select_approvals,
 };
 
 /// Schema migrations; entry `i` moves the schema from version `i` to

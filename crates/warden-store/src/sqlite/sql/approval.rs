@@ -84,6 +84,33 @@ pub(in crate::sqlite) fn insert_approval(
     })
 }
 
+/// Returns the open approval of the call `approval` describes, or inserts
+/// `approval`, in one immediate transaction.
+pub(in crate::sqlite) fn open_approval(
+    conn: &mut Connection,
+    approval: &ApprovalRecord,
+    now: i64,
+) -> Result<(ApprovalRecord, bool), DbError> {
+    let transaction = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing = find_approval(
+        &transaction,
+        &approval.task_id,
+        &approval.tool,
+        &approval.arguments_hash,
+        now,
+    )?;
+    if let Some(existing) = existing {
+        transaction.commit()?;
+        return Ok((existing, false));
+    }
+    let inserted = insert_approval(&transaction, approval)?;
+    transaction.commit()?;
+    Ok((
+        approval.clone(),
+        matches!(inserted, ApprovalInsert::Inserted),
+    ))
+}
+
 /// Loads one approval with its effective status at `now`.
 pub(in crate::sqlite) fn select_approval(
     conn: &Connection,
