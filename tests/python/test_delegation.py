@@ -3,15 +3,16 @@
 Agent A starts a task and hands part of it to agent B with OAuth 2.0 Token
 Exchange (RFC 8693) on POST /oauth2/token, and B may hand part of its share
 to agent C. Most tests run on a gateway with the bundled example servers and
-the bundled policy pack, which permits delegation inside one trust domain
-while the new task is at most two hops below the root task, and forbids
-tools classed `payment` to a delegated agent. That gateway also trusts a
+the bundled policy pack. That pack permits delegation inside one trust
+domain while the new task is at most two hops below the root task, and it
+forbids tools classed `payment` to a delegated agent. The gateway also trusts a
 second trust domain, `other.test`, whose key the test generates, so that a
 JWT-SVID from outside Warden's development issuer can be presented. The
 `[delegation] max_depth` tests run on gateways whose policies permit every
 delegation, so that only the configured limit stops the chain.
 
-B acts through the official MCP client, and the token endpoint is driven
+B acts through the official MCP client, or through plain httpx requests
+where a test checks HTTP status codes on /mcp. The token endpoint is driven
 with httpx. These tests need no Node.js.
 """
 
@@ -21,6 +22,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -78,8 +80,26 @@ MAIL_ARGUMENTS = {
     "body": "Refund flow ships on Thursday.",
 }
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "warden-delegation-tests", "version": "1.0"},
+    },
+}
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+
+# Concurrent token exchanges sent while the parent task is ended, and the
+# time spent repeating that race before the test passes.
+RACE_EXCHANGES = 4
+RACE_SECONDS = 12.0
+
 # Policies for the max_depth gateways: every delegation is permitted, so a
-# refused hop can only come from `[delegation] max_depth`.
+# rejected hop can only come from `[delegation] max_depth`. The mail rules
+# name the acting agent and the root agent of the task.
 PERMISSIVE_POLICIES = {
     "tasks.cedar": (
         '@id("start-task")\n'
@@ -92,11 +112,19 @@ PERMISSIVE_POLICIES = {
     "mail.cedar": (
         '@id("mail-any")\n'
         'permit (principal, action == Warden::Action::"mail__send_email", resource);\n'
+        '@id("mail-not-by-c")\n'
+        '@reason("agent c may not send mail")\n'
+        'forbid (\n'
+        f'  principal == Warden::Agent::"{AGENT_C}",\n'
+        '  action == Warden::Action::"mail__send_email",\n'
+        '  resource\n'
+        ');\n'
+        '@id("mail-only-in-tasks-of-a")\n'
+        '@reason("mail is sent only in tasks that agent a started")\n'
+        'forbid (principal, action == Warden::Action::"mail__send_email", resource)\n'
+        f'unless {{ context.task.root_agent == "{AGENT_A}" }};\n'
     ),
 }
-
-
-# --- gateways ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +134,7 @@ def other_domain_key() -> ec.EllipticCurvePrivateKey:
 
 
 @pytest.fixture(scope="module")
-def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
+def running() -> Iterator[list[Gateway]]:
     """Collect the gateways of this module and stop them at its end."""
     gateways: list[Gateway] = []
     yield gateways
@@ -116,12 +144,12 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]
 
 def start_gateway_with(
     directory: Path,
-    started: list[Gateway],
+    running: list[Gateway],
     upstreams: dict[str, dict[str, Any]],
     policies: dict[str, str] | None,
     extra_toml: str,
 ) -> Gateway:
-    """Write a config with `extra_toml` appended, start `warden serve` on it and wait for /healthz."""
+    """Write a config with `extra_toml` appended, then start `warden serve` on it."""
     port = free_port()
     config_path = write_config(directory, port, upstreams, policies)
     with config_path.open("a") as config:
@@ -130,7 +158,7 @@ def start_gateway_with(
         "warden", [str(warden_bin()), "serve", "--config", str(config_path)], directory
     )
     gateway = Gateway(config_path, port, managed)
-    started.append(gateway)
+    running.append(gateway)
     wait_until_serving(gateway)
     return gateway
 
@@ -152,7 +180,7 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory,
-    started: list[Gateway],
+    running: list[Gateway],
     other_domain_key: ec.EllipticCurvePrivateKey,
 ) -> Gateway:
     """Return a Warden on the bundled servers and pack that also trusts `other.test`."""
@@ -165,7 +193,7 @@ def gateway(
         f"name = {toml_value(OTHER_TRUST_DOMAIN)}\n"
         f"bundle = {toml_value(str(bundle_path))}\n"
     )
-    return start_gateway_with(directory, started, {}, None, extra)
+    return start_gateway_with(directory, running, {}, None, extra)
 
 
 def bundled_servers(root: Path) -> dict[str, dict[str, Any]]:
@@ -182,33 +210,30 @@ def bundled_servers(root: Path) -> dict[str, dict[str, Any]]:
 
 def start_permissive_gateway(
     tmp_path_factory: pytest.TempPathFactory,
-    started: list[Gateway],
+    running: list[Gateway],
     max_depth: int | None,
 ) -> Gateway:
     """Start a Warden whose policies permit every delegation, with `max_depth` if given."""
     directory = tmp_path_factory.mktemp("depth")
     upstreams = bundled_servers(tmp_path_factory.mktemp("servers"))
     extra = "" if max_depth is None else f"\n[delegation]\nmax_depth = {max_depth}\n"
-    return start_gateway_with(directory, started, upstreams, PERMISSIVE_POLICIES, extra)
+    return start_gateway_with(directory, running, upstreams, PERMISSIVE_POLICIES, extra)
 
 
 @pytest.fixture(scope="module")
 def depth_one_gateway(
-    tmp_path_factory: pytest.TempPathFactory, started: list[Gateway]
+    tmp_path_factory: pytest.TempPathFactory, running: list[Gateway]
 ) -> Gateway:
     """Return a Warden that permits every delegation but caps the chain at one hop."""
-    return start_permissive_gateway(tmp_path_factory, started, max_depth=1)
+    return start_permissive_gateway(tmp_path_factory, running, max_depth=1)
 
 
 @pytest.fixture(scope="module")
-def default_depth_gateway(
-    tmp_path_factory: pytest.TempPathFactory, started: list[Gateway]
+def permissive_gateway(
+    tmp_path_factory: pytest.TempPathFactory, running: list[Gateway]
 ) -> Gateway:
     """Return a Warden that permits every delegation with the default max_depth."""
-    return start_permissive_gateway(tmp_path_factory, started, max_depth=None)
-
-
-# --- helpers ----------------------------------------------------------------
+    return start_permissive_gateway(tmp_path_factory, running, max_depth=None)
 
 
 def base64url(data: bytes) -> str:
@@ -271,7 +296,7 @@ def delegate(
 
 
 def oauth_error(response: httpx.Response) -> str:
-    """Return the RFC 6749 `error` code of a refused token exchange."""
+    """Return the RFC 6749 `error` code of a failed token exchange."""
     return response.json()["error"]
 
 
@@ -306,19 +331,6 @@ def mcp_post(
     )
 
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "warden-delegation-tests", "version": "1.0"},
-    },
-}
-TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
-
-
 def open_session(gateway: Gateway, token: str) -> str:
     """Initialize an MCP session with `token` and return its Mcp-Session-Id."""
     opened = mcp_post(gateway, token, INITIALIZE)
@@ -348,9 +360,6 @@ def sign_other_domain_svid(
         "exp": now + expires_in_seconds,
     }
     return jwt.encode(claims, key, algorithm="ES256", headers={"kid": OTHER_KEY_ID})
-
-
-# --- a delegated call -------------------------------------------------------
 
 
 def test_delegated_call_allowed_and_traced(gateway: Gateway) -> None:
@@ -384,6 +393,7 @@ def test_delegated_call_allowed_and_traced(gateway: Gateway) -> None:
     assert decision_of(read)["task_id"] == child["task_id"]
 
     records = gateway.trace(parent["task_id"], "tool.decision", 2)
+    task_start = next(record for record in records if record["kind"] == "task.start")
     delegated = [record for record in records if record["kind"] == "task.delegated"]
     assert len(delegated) == 1
     assert delegated[0]["agent"] == AGENT_B
@@ -391,11 +401,13 @@ def test_delegated_call_allowed_and_traced(gateway: Gateway) -> None:
     assert delegated[0]["detail"]["from_agent"] == AGENT_A
     assert delegated[0]["detail"]["from_task"] == parent["task_id"]
     assert delegated[0]["detail"]["tools"] == [MAIL]
+    assert delegated[0]["parent_span_id"] == task_start["span_id"]
     decisions = [record for record in records if record["kind"] == "tool.decision"]
     assert [record["agent"] for record in decisions] == [AGENT_B, AGENT_B]
     assert [record["target"] for record in decisions] == [MAIL, READ_FILE]
     assert [record["decision"] for record in decisions] == ["allow", "deny"]
     assert {record["task_id"] for record in decisions} == {child["task_id"]}
+    assert {record["parent_span_id"] for record in decisions} == {delegated[0]["span_id"]}
 
 
 def test_delegated_task_readable_by_child(gateway: Gateway) -> None:
@@ -412,25 +424,22 @@ def test_delegated_task_readable_by_child(gateway: Gateway) -> None:
     assert fetched["state"] == "active"
 
 
-# --- scope ------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "scope",
     [
-        "mail__*",
-        REFUND,
-        "*",
-        f"{MAIL} {REFUND}",
-        "mail",
-        "",
-        "   ",
+        pytest.param("mail__*", id="server-wildcard"),
+        pytest.param(REFUND, id="other-tool"),
+        pytest.param("*", id="everything"),
+        pytest.param(f"{MAIL} {REFUND}", id="one-of-two"),
+        pytest.param("mail", id="bad-pattern"),
+        pytest.param("", id="empty"),
+        pytest.param("   ", id="blank"),
     ],
-    ids=["server-wildcard", "other-tool", "everything", "one-of-two", "bad-pattern", "empty", "blank"],
 )
 def test_wider_scope_rejected(gateway: Gateway, scope: str) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
-    response = exchange(gateway, parent["token"], gateway.issue_svid(AGENT_B), scope=scope)
+    actor = gateway.issue_svid(AGENT_B)
+    response = exchange(gateway, parent["token"], actor, scope=scope)
     assert response.status_code == 400, response.text
     assert oauth_error(response) == "invalid_scope"
     assert "access_token" not in response.json()
@@ -443,7 +452,7 @@ def test_omitted_scope_inherits_parent(gateway: Gateway) -> None:
     assert token_claims(child["access_token"])["tools"] == A_SCOPE
 
 
-def test_narrower_wildcard_scope_accepted(gateway: Gateway) -> None:
+def test_scope_subset_accepted(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
     child = delegate(gateway, parent["token"], AGENT_B, scope=f"{READ_FILE} {MAIL}")
     assert child["scope"] == f"{READ_FILE} {MAIL}"
@@ -463,9 +472,6 @@ def test_sibling_scope_not_reachable(gateway: Gateway) -> None:
         assert oauth_error(response) == "invalid_scope", agent
 
 
-# --- expiry -----------------------------------------------------------------
-
-
 def test_child_expiry_clamped_to_parent(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE, ttl_seconds=30)
     parent_expiry = token_claims(parent["token"])["exp"]
@@ -473,11 +479,9 @@ def test_child_expiry_clamped_to_parent(gateway: Gateway) -> None:
     remaining = parent_expiry - time.time()
 
     assert 0 < child["expires_in"]
+    assert child["expires_in"] <= 30
     assert child["expires_in"] <= remaining + 1
     assert token_claims(child["access_token"])["exp"] <= parent_expiry
-
-
-# --- revocation -------------------------------------------------------------
 
 
 def test_revoked_parent_ends_child_sessions(gateway: Gateway) -> None:
@@ -533,6 +537,47 @@ def test_revoked_parent_fails_sdk_client(gateway: Gateway) -> None:
     assert statuses[-1] == 401, statuses
 
 
+def race_revocation_with_exchanges(
+    gateway: Gateway, pool: ThreadPoolExecutor
+) -> list[str]:
+    """End a task during RACE_EXCHANGES delegations by its child, and return leaked task ids.
+
+    A leaked task is one that the DELETE response lists as revoked but whose
+    token /mcp still accepts.
+    """
+    parent = start_task_as(gateway, AGENT_A, tools=[MAIL])
+    child = delegate(gateway, parent["token"], AGENT_B)
+    actor = gateway.issue_svid(AGENT_C)
+    exchanges = [
+        pool.submit(exchange, gateway, child["access_token"], actor)
+        for _ in range(RACE_EXCHANGES)
+    ]
+    ended = pool.submit(end_task, gateway, parent["task_id"], parent["token"]).result()
+    assert ended.status_code == 200, ended.text
+    revoked = set(ended.json()["revoked"])
+
+    leaked = []
+    for future in exchanges:
+        response = future.result()
+        if response.status_code != 200 or response.json()["task_id"] not in revoked:
+            continue
+        token = response.json()["access_token"]
+        if mcp_post(gateway, token, INITIALIZE).status_code != 401:
+            leaked.append(response.json()["task_id"])
+    return leaked
+
+
+def test_revocation_race_leaves_no_live_child(gateway: Gateway) -> None:
+    deadline = time.monotonic() + RACE_SECONDS
+    leaked: list[str] = []
+    rounds = 0
+    with ThreadPoolExecutor(max_workers=RACE_EXCHANGES + 1) as pool:
+        while not leaked and time.monotonic() < deadline:
+            leaked = race_revocation_with_exchanges(gateway, pool)
+            rounds += 1
+    assert leaked == [], f"revoked tasks still accepted on /mcp after {rounds} rounds"
+
+
 def test_revoked_child_token_replay_fails(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
     child = delegate(gateway, parent["token"], AGENT_B, scope=MAIL)
@@ -575,20 +620,17 @@ def test_child_cannot_end_parent(gateway: Gateway) -> None:
     assert fetched["state"] == "active"
 
 
-# --- depth ------------------------------------------------------------------
-
-
 def test_bundled_pack_allows_two_hops(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
     child = delegate(gateway, parent["token"], AGENT_B, scope=MAIL)
     grandchild = delegate(gateway, child["access_token"], AGENT_C, scope=MAIL)
 
-    refused = exchange(
+    denied = exchange(
         gateway, grandchild["access_token"], gateway.issue_svid(AGENT_D), scope=MAIL
     )
-    assert refused.status_code == 403, refused.text
-    assert oauth_error(refused) == "access_denied"
-    assert "access_token" not in refused.json()
+    assert denied.status_code == 403, denied.text
+    assert oauth_error(denied) == "access_denied"
+    assert "access_token" not in denied.json()
 
     records = gateway.trace(parent["task_id"], "delegation.decision", 3)
     decisions = [r for r in records if r["kind"] == "delegation.decision"]
@@ -603,10 +645,10 @@ def test_max_depth_one_stops_second_hop(depth_one_gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=[MAIL])
     child = delegate(gateway, parent["token"], AGENT_B)
 
-    refused = exchange(gateway, child["access_token"], gateway.issue_svid(AGENT_C))
-    assert refused.status_code == 400, refused.text
-    assert oauth_error(refused) == "invalid_grant"
-    assert "max_depth" in refused.json()["error_description"]
+    rejected = exchange(gateway, child["access_token"], gateway.issue_svid(AGENT_C))
+    assert rejected.status_code == 400, rejected.text
+    assert oauth_error(rejected) == "invalid_grant"
+    assert "max_depth" in rejected.json()["error_description"]
 
 
 def test_max_depth_one_child_still_acts(depth_one_gateway: Gateway) -> None:
@@ -619,64 +661,66 @@ def test_max_depth_one_child_still_acts(depth_one_gateway: Gateway) -> None:
     assert result_text(sent) == "queued message"
 
 
-def test_default_max_depth_is_four(default_depth_gateway: Gateway) -> None:
-    gateway = default_depth_gateway
+def test_default_max_depth_is_four(permissive_gateway: Gateway) -> None:
+    gateway = permissive_gateway
     token = start_task_as(gateway, AGENT_A, tools=[MAIL])["token"]
     for agent in [AGENT_B, AGENT_C, AGENT_D, AGENT_E]:
         token = delegate(gateway, token, agent)["access_token"]
 
-    refused = exchange(gateway, token, gateway.issue_svid(AGENT_F))
-    assert refused.status_code == 400, refused.text
-    assert oauth_error(refused) == "invalid_grant"
-    assert "max_depth" in refused.json()["error_description"]
+    rejected = exchange(gateway, token, gateway.issue_svid(AGENT_F))
+    assert rejected.status_code == 400, rejected.text
+    assert oauth_error(rejected) == "invalid_grant"
+    assert "max_depth" in rejected.json()["error_description"]
 
 
-# --- trust domains ----------------------------------------------------------
-
-
-def test_other_trust_domain_refused(
+def test_other_trust_domain_denied(
     gateway: Gateway, other_domain_key: ec.EllipticCurvePrivateKey
 ) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
     outsider = sign_other_domain_svid(other_domain_key, expires_in_seconds=300)
 
-    own_task = gateway.post_task(outsider, user=USER)
+    own_task = gateway.post_task(outsider, user=USER, tools=[MAIL])
     assert own_task.status_code == 201, own_task.text
-    refused = exchange(gateway, parent["token"], outsider, scope=MAIL)
-    assert refused.status_code == 403, refused.text
-    assert oauth_error(refused) == "access_denied"
-
-
-# --- protocol errors ----------------------------------------------------------
+    inward = exchange(gateway, parent["token"], outsider, scope=MAIL)
+    assert inward.status_code == 403, inward.text
+    assert oauth_error(inward) == "access_denied"
+    outward = exchange(gateway, own_task.json()["token"], gateway.issue_svid(AGENT_B))
+    assert outward.status_code == 403, outward.text
+    assert oauth_error(outward) == "access_denied"
 
 
 @pytest.mark.parametrize(
     ("fields", "error"),
     [
-        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
-        ({"grant_type": None}, "invalid_request"),
-        ({"actor_token": None}, "invalid_request"),
-        ({"subject_token": None}, "invalid_request"),
-        ({"audience": "billing-api"}, "invalid_target"),
-        ({"resource": "https://billing.acme.test/"}, "invalid_target"),
-        ({"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"}, "invalid_request"),
-        ({"actor_token_type": "urn:ietf:params:oauth:token-type:id_token"}, "invalid_request"),
-        ({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, "invalid_request"),
-        ({"subject_token": "not-a-token"}, "invalid_grant"),
-        ({"actor_token": "not-a-token"}, "invalid_request"),
-    ],
-    ids=[
-        "wrong-grant-type",
-        "missing-grant-type",
-        "missing-actor-token",
-        "missing-subject-token",
-        "other-audience",
-        "other-resource",
-        "subject-token-type",
-        "actor-token-type",
-        "requested-token-type",
-        "garbage-subject-token",
-        "garbage-actor-token",
+        pytest.param(
+            {"grant_type": "client_credentials"},
+            "unsupported_grant_type",
+            id="wrong-grant-type",
+        ),
+        pytest.param({"grant_type": None}, "invalid_request", id="missing-grant-type"),
+        pytest.param({"actor_token": None}, "invalid_request", id="missing-actor-token"),
+        pytest.param({"subject_token": None}, "invalid_request", id="missing-subject-token"),
+        pytest.param({"audience": "billing-api"}, "invalid_target", id="other-audience"),
+        pytest.param(
+            {"resource": "https://billing.acme.test/"}, "invalid_target", id="other-resource"
+        ),
+        pytest.param(
+            {"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"},
+            "invalid_request",
+            id="subject-token-type",
+        ),
+        pytest.param(
+            {"actor_token_type": "urn:ietf:params:oauth:token-type:id_token"},
+            "invalid_request",
+            id="actor-token-type",
+        ),
+        pytest.param(
+            {"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+            "invalid_request",
+            id="requested-token-type",
+        ),
+        pytest.param({"subject_token": "not-a-token"}, "invalid_grant", id="garbage-subject"),
+        pytest.param({"actor_token": "not-a-token"}, "invalid_request", id="garbage-actor"),
     ],
 )
 def test_malformed_exchange_rejected(
@@ -796,9 +840,6 @@ def test_delegation_back_into_chain_rejected(gateway: Gateway) -> None:
     assert oauth_error(to_self) == "invalid_grant"
 
 
-# --- policy -------------------------------------------------------------------
-
-
 def test_delegated_agent_cannot_refund(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=[REFUND, MAIL])
     child = delegate(gateway, parent["token"], AGENT_B, scope=REFUND)
@@ -813,7 +854,27 @@ def test_delegated_agent_cannot_refund(gateway: Gateway) -> None:
     assert decision_of(delegated)["policy_ids"] == ["no-payments-when-delegated"]
 
 
-# --- the act claim --------------------------------------------------------------
+def test_policy_principal_is_acting_agent(permissive_gateway: Gateway) -> None:
+    gateway = permissive_gateway
+    parent = start_task_as(gateway, AGENT_A, tools=[MAIL])
+    mailer = delegate(gateway, parent["token"], AGENT_B)
+    barred = delegate(gateway, parent["token"], AGENT_C)
+
+    sent = call_tool(gateway, mailer["access_token"], MAIL, MAIL_ARGUMENTS)
+    assert not sent.is_error, result_text(sent)
+    denied = call_tool(gateway, barred["access_token"], MAIL, MAIL_ARGUMENTS)
+    assert denied.is_error
+    assert decision_of(denied)["policy_ids"] == ["mail-not-by-c"]
+
+
+def test_policy_sees_root_agent(permissive_gateway: Gateway) -> None:
+    gateway = permissive_gateway
+    parent = start_task_as(gateway, AGENT_D, tools=[MAIL])
+    child = delegate(gateway, parent["token"], AGENT_B)
+
+    denied = call_tool(gateway, child["access_token"], MAIL, MAIL_ARGUMENTS)
+    assert denied.is_error
+    assert decision_of(denied)["policy_ids"] == ["mail-only-in-tasks-of-a"]
 
 
 def test_act_claim_nests_actors(gateway: Gateway) -> None:

@@ -168,8 +168,16 @@ pub async fn check_live(state: &AppState, claims: &TaskClaims) -> Result<(), Api
                     None => TaskStatus::Active,
                 },
             };
-            state.tasks.set(&claims.task_id, status.clone());
-            status
+            // A revocation recorded while the store was read wins over
+            // the older "active" answer.
+            match status {
+                TaskStatus::Active => state.tasks.set_active_if_absent(&claims.task_id),
+                other => state.tasks.set(&claims.task_id, other),
+            }
+            state
+                .tasks
+                .cached(&claims.task_id)
+                .unwrap_or(TaskStatus::Unknown)
         }
     };
     match status {

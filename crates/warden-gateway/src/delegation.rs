@@ -32,7 +32,7 @@ use warden_store::TaskRecord;
 use crate::audit;
 use crate::auth::{check_live, format_time, now_unix};
 use crate::scope;
-use crate::state::{AppState, TaskStatus};
+use crate::state::AppState;
 
 /// The grant type of RFC 8693.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -354,7 +354,7 @@ async fn exchange(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
             format!("cannot create the delegated task: {error}"),
         )
     })?;
-    state.tasks.set(&task_id, TaskStatus::Active);
+    state.tasks.set_active_if_absent(&task_id);
     audit::record(
         state,
         &claims,

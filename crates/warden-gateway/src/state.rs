@@ -100,12 +100,15 @@ impl TaskTable {
             .insert(task_id.to_owned(), status);
     }
 
-    /// Drops entries of tasks that expired before `now`.
-    pub fn forget_expired(&self, claims_expiry: impl Fn(&str) -> bool) {
+    /// Records `Active` for a task just created, unless a revocation of it
+    /// landed first: a parent can be ended while its child is being created,
+    /// and the revocation must win.
+    pub fn set_active_if_absent(&self, task_id: &str) {
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|id, _| !claims_expiry(id));
+            .entry(task_id.to_owned())
+            .or_insert(TaskStatus::Active);
     }
 }
 
