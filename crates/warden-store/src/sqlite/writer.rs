@@ -8,7 +8,7 @@
 //! record queued before them is committed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -327,34 +327,35 @@ impl Writer {
 
     /// Adds records to `batch` until it is full, the batch window has
     /// passed or a flush or stop request arrives; returns that request.
+    ///
+    /// The writer sleeps through the window instead of waiting on the
+    /// channel, so a request thread that appends a record never has to wake
+    /// it: one wake-up per batch, not one per record. A flush therefore
+    /// waits up to one window.
     fn gather(
         &self,
         receiver: &Receiver<Message>,
         batch: &mut Vec<NewAuditRecord>,
     ) -> Option<Control> {
         let deadline = Instant::now() + self.settings.window;
-        while batch.len() < self.settings.max_records {
-            let message = match receiver.try_recv() {
-                Ok(message) => message,
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
-                        return None;
-                    }
-                    match receiver.recv_timeout(remaining) {
-                        Ok(message) => message,
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                            return None;
+        loop {
+            while batch.len() < self.settings.max_records {
+                match receiver.try_recv() {
+                    Ok(message) => {
+                        if let Some(control) = take(message, batch) {
+                            return Some(control);
                         }
                     }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return None,
                 }
-            };
-            if let Some(control) = take(message, batch) {
-                return Some(control);
             }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if batch.len() >= self.settings.max_records || remaining.is_zero() {
+                return None;
+            }
+            std::thread::sleep(remaining);
         }
-        None
     }
 
     /// Commits `batch`, retrying after [`RETRY_DELAYS`]; drops and counts it
