@@ -44,6 +44,14 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
             ),
         );
     }
+    if let Some(threads) = config.server.worker_threads
+        && !(1..=256).contains(&threads)
+    {
+        report(
+            "server.worker_threads",
+            format!("{threads} is not between 1 and 256; remove the key to use one thread per CPU"),
+        );
+    }
     for origin in &config.server.allowed_origins {
         match url::Url::parse(origin) {
             Ok(parsed) if parsed.path() == "/" && parsed.host().is_some() => {}

@@ -122,6 +122,10 @@ pub struct ServerConfig {
     /// A request without `Origin` (a non-browser client) is accepted.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Threads that serve requests. Defaults to the number of CPUs; on a
+    /// small machine shared with the upstreams, fewer can lower latency.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +134,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            worker_threads: None,
         }
     }
 }

@@ -205,7 +205,14 @@ impl Gateway {
         let state = self.state.clone();
         spawn_reload_on_hangup(state.clone());
         tracing::info!(listen = %self.addr, upstreams = state.upstreams.len(), "warden listening");
-        axum::serve(self.listener, router(state.clone()))
+        // Responses are small and latency-bound, so Nagle's algorithm would
+        // only hold a response's last segment back behind a delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server failed")?;

@@ -174,7 +174,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(inspect::check_config(file));
     }
     let config = defaults::load(cli.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.config.server.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -67,6 +67,7 @@ impl HttpClient {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
             .build()
             .map_err(|error| UpstreamError::Unavailable {
                 server: server.to_owned(),
