@@ -159,8 +159,13 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         report(
             "policy.dir",
             format!(
-                "directory {} does not exist; create it with .cedar files or remove the key to use the bundled pack",
-                dir.display()
+                "directory {} does not exist; create it with .cedar files{}",
+                dir.display(),
+                if config.upstreams.is_empty() {
+                    " or remove the key to use the bundled pack"
+                } else {
+                    ""
+                }
             ),
         );
     }

@@ -29,12 +29,13 @@ pub const DEFAULT_DEV_TRUST_DOMAIN: &str = "warden.local";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// Path of the file.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error, shown in the message (not chained, so it
+        /// prints once).
+        error: std::io::Error,
     },
     /// The file is not valid TOML for Warden's configuration.
     #[error("invalid config file {path}: {message}")]
@@ -330,7 +331,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Program to spawn for a stdio server.
+    /// Program to spawn for a stdio server: a name looked up in `PATH`, or
+    /// a path, relative to the configuration file when relative.
     #[serde(default)]
     pub command: Option<String>,
     /// Arguments of `command`.
@@ -339,7 +341,8 @@ pub struct UpstreamConfig {
     /// Extra environment variables for `command`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Working directory of `command`.
+    /// Working directory of `command`; defaults to the directory of the
+    /// configuration file.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
     /// Streamable HTTP endpoint of a remote server, e.g.
@@ -403,9 +406,9 @@ impl UpstreamConfig {
 impl Config {
     /// Reads, parses and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
@@ -485,8 +488,20 @@ impl Config {
             resolve(file);
         }
         for upstream in self.upstreams.values_mut() {
-            if let Some(cwd) = &mut upstream.cwd {
-                resolve(cwd);
+            match &mut upstream.cwd {
+                Some(cwd) => resolve(cwd),
+                // A spawned server runs in the file's directory, so a
+                // command installed next to the file is found from anywhere.
+                None if upstream.command.is_some() => upstream.cwd = Some(base.to_owned()),
+                None => {}
+            }
+            // A command written as a relative path ("./bin/server") is
+            // relative to the file too; a bare name is looked up in PATH.
+            if let Some(command) = &mut upstream.command
+                && command.contains('/')
+                && Path::new(command.as_str()).is_relative()
+            {
+                *command = base.join(&*command).to_string_lossy().into_owned();
             }
         }
     }

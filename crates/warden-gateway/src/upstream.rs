@@ -44,6 +44,14 @@ pub enum UpstreamError {
         /// What happened.
         detail: String,
     },
+    /// The configuration does not match what the server offers.
+    #[error("{detail}")]
+    Config {
+        /// Server name.
+        server: String,
+        /// What does not match and how to fix it.
+        detail: String,
+    },
     /// The server sent something that is not valid MCP.
     #[error("upstream {server} sent an invalid message: {detail}")]
     Protocol {
@@ -180,6 +188,29 @@ impl Upstream {
         }
         if catalog.has_capability("prompts") {
             catalog.prompts = self.list_all("prompts/list", "prompts").await?;
+        }
+        let offered: Vec<&str> = catalog
+            .tools
+            .iter()
+            .filter_map(|tool| tool.get("name").and_then(Value::as_str))
+            .collect();
+        // Tool settings carry classes that policies rely on; a misspelt
+        // tool name would silently drop them, so it stops the start.
+        if let Some(unknown) = self
+            .config
+            .tools
+            .keys()
+            .find(|name| !offered.contains(&name.as_str()))
+        {
+            return Err(UpstreamError::Config {
+                server: self.name.clone(),
+                detail: format!(
+                    "upstreams.{}.tools.{unknown} names no tool of upstream {}; its tools are: {}",
+                    self.name,
+                    self.name,
+                    offered.join(", ")
+                ),
+            });
         }
         tracing::info!(
             upstream = %self.name,

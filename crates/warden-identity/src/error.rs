@@ -29,7 +29,8 @@ impl TokenKind {
     pub fn remedy(self) -> &'static str {
         match self {
             TokenKind::JwtSvid => {
-                "fetch a fresh one from the SPIRE agent or `warden identity issue`"
+                "fetch a fresh one from the SPIRE agent, or run `warden identity issue` \
+                 with the same --config or WARDEN_DATA_DIR as the gateway"
             }
             TokenKind::TaskToken => "start a new task with POST /v1/tasks",
         }
@@ -297,7 +298,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "JWT-SVID expired at 2026-12-04T10:00:00Z; fetch a fresh one from the \
-             SPIRE agent or `warden identity issue`"
+             SPIRE agent, or run `warden identity issue` with the same --config or \
+             WARDEN_DATA_DIR as the gateway"
         );
     }
 

@@ -13,6 +13,7 @@ use cedar_policy::{Effect, Policy, PolicyId, PolicySet, Schema, ValidationMode, 
 use miette::Diagnostic;
 
 use crate::error::{PolicyProblem, line_and_column};
+use crate::schema::NAMESPACE;
 
 /// Prefix of the policy ids that Warden itself reports; `@id` may not use it.
 pub(crate) const RESERVED_ID_PREFIX: &str = "warden:";
@@ -93,6 +94,14 @@ pub(crate) fn load_policies(
                 continue;
             }
             first_use.insert(id.clone(), source);
+            if let Some(message) = check_annotations(&policy) {
+                problems.push(locate(0, message, &id));
+                continue;
+            }
+            if let Some(message) = check_path_literals(&policy) {
+                problems.push(locate(0, message, &id));
+                continue;
+            }
             let hold = policy.annotation(HOLD_ANNOTATION).is_some();
             if hold && policy.effect() == Effect::Permit {
                 let message = "@hold applies only to forbid policies; \
@@ -142,14 +151,34 @@ fn validate(
         }
     };
     let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
-    for warning in result.validation_warnings() {
-        tracing::warn!(
-            policy.id = %warning.policy_id(),
-            warning = %warning,
-            "policy validation warning"
-        );
-    }
-    let problems = result
+    // A warning is a load error too: an impossible policy (for example a
+    // forbid scoped to the `call_tool` group with `==` instead of `in`)
+    // never applies, and a string with mixed scripts or bidirectional
+    // characters can hide what a policy compares against.
+    let mut problems: Vec<PolicyProblem> = result
+        .validation_warnings()
+        .map(|warning| {
+            let id = warning.policy_id();
+            let message = format!(
+                "{}; Warden rejects policies with validation warnings, so fix or remove it",
+                diagnostic_message(warning)
+            );
+            match by_id.get(id) {
+                Some(entry) => {
+                    let offset = first_label_offset(warning).unwrap_or(0);
+                    locate_problem(sources, entry.source, offset, message, id.as_ref())
+                }
+                None => PolicyProblem {
+                    file: String::new(),
+                    line: 0,
+                    column: 0,
+                    message,
+                    policy_id: id.to_string(),
+                },
+            }
+        })
+        .collect();
+    let errors: Vec<PolicyProblem> = result
         .validation_errors()
         .map(|error| {
             let id = error.policy_id();
@@ -173,7 +202,69 @@ fn validate(
             }
         })
         .collect();
+    problems.extend(errors);
     collapse_repeats(problems)
+}
+
+/// Annotations Warden reads; any other is most likely a typo that would
+/// silently drop a reason or a hold.
+const KNOWN_ANNOTATIONS: [&str; 3] = [ID_ANNOTATION, REASON_ANNOTATION, HOLD_ANNOTATION];
+
+fn check_annotations(policy: &Policy) -> Option<String> {
+    policy
+        .annotations()
+        .map(|(key, _)| key)
+        .find(|key| !KNOWN_ANNOTATIONS.contains(key))
+        .map(|key| {
+            format!(
+                "unknown annotation @{key}; Warden reads @id, @reason and @hold, so correct or remove it"
+            )
+        })
+}
+
+/// Rejects `Warden::Path` literals that no argument can ever be in: paths
+/// in requests are absolute and normalised, so `srv/data`, `/srv/data/` or
+/// `/srv/../data` would never match.
+fn check_path_literals(policy: &Policy) -> Option<String> {
+    let json = policy.to_json().ok()?;
+    let mut literals = Vec::new();
+    collect_path_literals(&json, &mut literals);
+    literals.into_iter().find_map(|literal| {
+        let normalized = warden_core::path::normalize(&literal);
+        (normalized != literal || !literal.starts_with('/')).then(|| {
+            format!(
+                "Warden::Path::{literal:?} can never match, because argument paths are absolute and normalised; write Warden::Path::{:?}",
+                if normalized.starts_with('/') {
+                    normalized
+                } else {
+                    format!("/{normalized}")
+                }
+            )
+        })
+    })
+}
+
+fn collect_path_literals(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(entity) = map.get("__entity")
+                && entity.get("type").and_then(serde_json::Value::as_str)
+                    == Some(&format!("{NAMESPACE}::Path"))
+                && let Some(id) = entity.get("id").and_then(serde_json::Value::as_str)
+            {
+                out.push(id.to_owned());
+            }
+            for child in map.values() {
+                collect_path_literals(child, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for child in items {
+                collect_path_literals(child, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Sorts problems and keeps one per policy and location.

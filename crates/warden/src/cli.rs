@@ -12,9 +12,11 @@ use crate::{approvals, defaults, demo, identity, inspect};
 #[derive(Debug, Parser)]
 #[command(name = "warden", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file (TOML). Without it Warden runs on its embedded
-    /// defaults: loopback listener, development issuer, bundled example
-    /// tool servers and policy pack.
+    /// Configuration file (TOML). Every command reads its data directory
+    /// (keys, SQLite store) and listener from it. Without it, the embedded
+    /// defaults apply: listener 127.0.0.1:8787, data directory
+    /// $WARDEN_DATA_DIR or ~/.local/share/warden, the development issuer,
+    /// and the bundled example tool servers and policy pack.
     #[arg(long, short, global = true, env = "WARDEN_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -31,8 +33,8 @@ pub enum Command {
     Demo,
     /// Validate a configuration file and explain each problem.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check; defaults to --config.
+        file: Option<PathBuf>,
     },
     /// Development workload identities for machines without SPIRE.
     #[command(subcommand)]
@@ -101,7 +103,7 @@ pub enum ApprovalsCommand {
     Approve {
         /// Approval id.
         id: String,
-        /// Name recorded in the trace as the approver.
+        /// Name recorded in the trace as the approver (default "admin").
         #[arg(long)]
         approver: Option<String>,
         /// Reason recorded in the trace.
@@ -115,7 +117,7 @@ pub enum ApprovalsCommand {
     Deny {
         /// Approval id.
         id: String,
-        /// Name recorded in the trace as the approver.
+        /// Name recorded in the trace as the approver (default "admin").
         #[arg(long)]
         approver: Option<String>,
         /// Reason recorded in the trace.
@@ -131,9 +133,9 @@ pub enum ApprovalsCommand {
 pub enum TraceCommand {
     /// List recent traces, newest first.
     List {
-        /// Most traces to list.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        /// Most traces to list (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
     },
     /// Print one trace's steps as a tree.
     Show {
@@ -171,6 +173,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::CheckConfig { file } = &cli.command {
+        let Some(file) = file.as_ref().or(cli.config.as_ref()) else {
+            anyhow::bail!("no file to check; run `warden check-config FILE` or pass --config FILE");
+        };
         return Ok(inspect::check_config(file));
     }
     let config = defaults::load(cli.config.as_deref())?;
@@ -200,7 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity(IdentityCommand::Bundle) => identity::bundle(&config),
         Command::Approvals(command) => runtime.block_on(run_approvals(&config, command)),
         Command::Trace(TraceCommand::List { limit }) => {
-            runtime.block_on(inspect::trace_list(&config, limit))
+            runtime.block_on(inspect::trace_list(&config, limit as usize))
         }
         Command::Trace(TraceCommand::Show { id, json }) => {
             runtime.block_on(inspect::trace_show(&config, &id, json))

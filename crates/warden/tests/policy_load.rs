@@ -179,3 +179,20 @@ async fn policy_reload_after_broken_file_recovers() {
     assert!(reloaded, "no reload in the log:\n{}", warden.log());
     assert_eq!(after["result"]["isError"], json!(true), "{after}");
 }
+
+#[test]
+fn tool_settings_for_unknown_tool_stop_start() {
+    let files = ConfigDir::write(&testkit_setup(""), 0);
+    let mut toml = std::fs::read_to_string(&files.config).expect("read config");
+    toml.push_str("\n[upstreams.testkit.tools.ech0]\nclasses = [\"write\"]\n");
+    std::fs::write(&files.config, toml).expect("write config");
+
+    let output = files.serve_expecting_exit();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upstreams.testkit.tools.ech0 names no tool of upstream testkit"),
+        "{stderr}"
+    );
+}

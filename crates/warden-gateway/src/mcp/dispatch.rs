@@ -370,6 +370,20 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
                     outcome.reason = format!(
                         "a person denied this exact call (approval {approval_id}); the decision is final"
                     );
+                    audit::record(
+                        state,
+                        claims,
+                        audit::Step {
+                            kind: "approval.refused",
+                            target: Some(&qualified),
+                            decision: Some(Decision::Deny),
+                            policy_ids: &outcome.policy_ids,
+                            reason: Some(&outcome.reason),
+                            detail: json!({ "approval_id": approval_id }),
+                            span_id: None,
+                            parent_span_id: Some(span.clone()),
+                        },
+                    );
                 } else if status == ApprovalStatus::Expired {
                     outcome.reason = format!(
                         "{}; approval request {approval_id} expired before a decision, so retry to request a new one",

@@ -44,6 +44,12 @@ pub struct StdioSettings {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// Lines of a server's stderr kept to explain a failed start.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// The last lines a server wrote to stderr.
+type StderrTail = Arc<Mutex<std::collections::VecDeque<String>>>;
+
 struct Process {
     child: tokio::sync::Mutex<Child>,
     lines: mpsc::Sender<String>,
@@ -210,7 +216,13 @@ impl StdioClient {
             lines.clone(),
             alive.clone(),
         ));
-        tokio::spawn(log_stderr(server.clone(), stderr, settings.max_line_bytes));
+        let stderr_tail: StderrTail = Arc::default();
+        tokio::spawn(log_stderr(
+            server.clone(),
+            stderr,
+            settings.max_line_bytes,
+            stderr_tail.clone(),
+        ));
 
         let mut process = Process {
             child: tokio::sync::Mutex::new(child),
@@ -220,9 +232,30 @@ impl StdioClient {
             alive,
             initialize: Value::Null,
         };
-        let response = process
+        let response = match process
             .call(&server, "initialize", Some(client_initialize_params()))
-            .await?;
+            .await
+        {
+            Ok(response) => response,
+            Err(UpstreamError::Unavailable { server, detail }) => {
+                // Give the reader a moment to collect what the process
+                // printed before it exited.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let tail: Vec<String> = stderr_tail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                let detail = if tail.is_empty() {
+                    detail
+                } else {
+                    format!("{detail}; its stderr ended with:\n  {}", tail.join("\n  "))
+                };
+                return Err(UpstreamError::Unavailable { server, detail });
+            }
+            Err(other) => return Err(other),
+        };
         match outcome_of(&server, &response)? {
             Ok(result) => process.initialize = result,
             Err(error) => {
@@ -407,11 +440,23 @@ async fn read_messages(
     }
 }
 
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, max_line_bytes: usize) {
+async fn log_stderr(
+    server: String,
+    stderr: tokio::process::ChildStderr,
+    max_line_bytes: usize,
+    tail: StderrTail,
+) {
     let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(max_line_bytes));
     while let Some(line) = lines.next().await {
         match line {
-            Ok(line) => tracing::debug!(upstream = %server, stderr = %line, "upstream stderr"),
+            Ok(line) => {
+                tracing::debug!(upstream = %server, stderr = %line, "upstream stderr");
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
             Err(LinesCodecError::MaxLineLengthExceeded) => continue,
             Err(LinesCodecError::Io(_)) => break,
         }

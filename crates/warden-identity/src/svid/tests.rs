@@ -324,7 +324,8 @@ fn verify_expired_message_names_time_and_remedy() {
     assert_eq!(
         error.to_string(),
         "JWT-SVID expired at 2026-12-04T09:59:30Z; fetch a fresh one from the \
-         SPIRE agent or `warden identity issue`"
+         SPIRE agent, or run `warden identity issue` with the same --config or \
+         WARDEN_DATA_DIR as the gateway"
     );
 }
 

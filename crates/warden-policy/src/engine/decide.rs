@@ -169,7 +169,7 @@ impl PolicyEngine {
         arguments: &Value,
     ) -> Outcome {
         let qualified = tool.uid.id().unescaped();
-        let description = format!("calling tool {qualified}");
+        let description = format!("calling tool {qualified} with these arguments");
         let converted = match convert_arguments(&tool.arguments, arguments, &self.names.path) {
             Ok(converted) => converted,
             Err(error) => {

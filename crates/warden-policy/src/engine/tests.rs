@@ -160,7 +160,7 @@ fn path_prefix_sibling_is_denied() {
     assert!(outcome.policy_ids.is_empty());
     assert_eq!(
         outcome.reason,
-        "no policy permits calling tool fs__read_file"
+        "no policy permits calling tool fs__read_file with these arguments"
     );
 }
 
@@ -439,7 +439,7 @@ fn hold_without_text_has_default_reason() {
     assert_eq!(outcome.decision, Decision::Hold);
     assert_eq!(
         outcome.reason,
-        "calling tool pay__transfer needs a human approval (policy main.cedar:1)"
+        "calling tool pay__transfer with these arguments needs a human approval (policy main.cedar:1)"
     );
 }
 
@@ -979,4 +979,37 @@ fn delegated_agent_sees_its_depth() {
         delegated.reason,
         "a delegated agent may not call payment tools"
     );
+}
+
+#[test]
+fn misspelt_annotation_fails_to_load() {
+    let error = load_error(&[(
+        "typo.cedar",
+        "@id(\"no-writes\") @reasn(\"why\") forbid (principal, action in Warden::Action::\"call_tool\", resource);",
+    )]);
+    let text = error.to_string();
+    assert!(text.contains("unknown annotation @reasn"), "{text}");
+}
+
+#[test]
+fn impossible_policy_fails_to_load() {
+    let error = load_error(&[(
+        "group.cedar",
+        "@id(\"no-calls\") forbid (principal, action == Warden::Action::\"call_tool\", resource);",
+    )]);
+    let text = error.to_string();
+    assert!(text.contains("validation warnings"), "{text}");
+}
+
+#[test]
+fn unnormalised_path_literal_fails_to_load() {
+    for literal in ["srv/data", "/srv/data/", "/srv/../data"] {
+        let policy = format!(
+            "@id(\"reads\") permit (principal, action == Warden::Action::\"fs__read_file\", resource) \
+             when {{ context.arguments.path in Warden::Path::\"{literal}\" }};"
+        );
+        let error = load_error(&[("paths.cedar", policy.as_str())]);
+        let text = error.to_string();
+        assert!(text.contains("can never match"), "{literal}: {text}");
+    }
 }
