@@ -14,6 +14,7 @@
 //! a step, not with the total.
 
 mod decide;
+mod guard;
 #[cfg(test)]
 mod tests;
 
@@ -89,6 +90,8 @@ struct CompiledTool {
 struct ActionPolicies {
     uid: EntityUid,
     plain: PolicySet,
+    /// The plain policies split by path guard, when any has one.
+    guarded: Option<guard::GuardedPolicies>,
     hold: PolicySet,
     /// The action, with the action groups it belongs to as parents.
     entity: Entity,
@@ -360,8 +363,10 @@ impl ActionPolicies {
                 message: format!("failed to index policies for action {action_id}: {error}"),
             })
         };
+        let plain = select(false)?;
         Ok(ActionPolicies {
-            plain: select(false)?,
+            guarded: guard::GuardedPolicies::new(&plain),
+            plain,
             hold: select(true)?,
             uid,
             entity,

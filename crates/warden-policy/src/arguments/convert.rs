@@ -27,6 +27,9 @@ pub(crate) struct ConvertedArguments {
     pub(crate) forwarded: Value,
     /// Normalised form of every path argument, for building path entities.
     pub(crate) paths: Vec<String>,
+    /// Each path argument's location (`path`, `paths[0]`, `options.root`)
+    /// and normalised value.
+    pub(crate) located_paths: Vec<(String, String)>,
 }
 
 /// An argument that does not fit the tool's input schema.
@@ -112,12 +115,14 @@ pub(crate) fn convert_arguments(
     let mut converter = Converter {
         path_type,
         paths: Vec::new(),
+        located_paths: Vec::new(),
     };
     let (record, forwarded) = converter.record(record, object, "")?;
     Ok(ConvertedArguments {
         record,
         forwarded: Value::Object(forwarded),
         paths: converter.paths,
+        located_paths: converter.located_paths,
     })
 }
 
@@ -155,6 +160,7 @@ pub(crate) fn decimal_literal(text: &str) -> Option<String> {
 struct Converter<'a> {
     path_type: &'a EntityTypeName,
     paths: Vec<String>,
+    located_paths: Vec<(String, String)>,
 }
 
 impl Converter<'_> {
@@ -247,6 +253,8 @@ impl Converter<'_> {
                     self.path_type.clone(),
                     EntityId::new(&normalised),
                 );
+                self.located_paths
+                    .push((location.to_owned(), normalised.clone()));
                 self.paths.push(normalised);
                 Ok((RestrictedExpression::new_entity_uid(uid), value.clone()))
             }

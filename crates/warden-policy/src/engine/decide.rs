@@ -28,6 +28,9 @@ use crate::{
 struct StepParts<'a> {
     /// The action and its policies.
     action: &'a ActionPolicies,
+    /// The subset of the action's plain policies that can apply, when path
+    /// guards left some out.
+    plain: Option<std::sync::Arc<PolicySet>>,
     resource: EntityUid,
     /// Context attributes besides `environment`.
     context: Vec<(String, RestrictedExpression)>,
@@ -86,6 +89,7 @@ impl PolicyEngine {
         ];
         let parts = StepParts {
             action: &self.start_task,
+            plain: None,
             resource: self.names.uid(&self.names.gateway, GATEWAY_ID),
             context,
             entities: vec![Entity::with_uid(
@@ -127,6 +131,7 @@ impl PolicyEngine {
             .map(|tool| RestrictedExpression::new_string(tool.clone()));
         let parts = StepParts {
             action: &self.delegate,
+            plain: None,
             resource,
             context: vec![
                 ("task".to_owned(), task_record),
@@ -154,6 +159,7 @@ impl PolicyEngine {
         };
         let parts = StepParts {
             action: &tool.list,
+            plain: None,
             resource: tool.uid.clone(),
             context: vec![("task".to_owned(), task_record)],
             entities: vec![tool.entity.clone()],
@@ -189,8 +195,14 @@ impl PolicyEngine {
         };
         let mut entities = vec![tool.entity.clone()];
         entities.extend(self.path_entities(&converted.paths));
+        let plain = tool
+            .call
+            .guarded
+            .as_ref()
+            .and_then(|guarded| guarded.select(&converted.located_paths));
         let parts = StepParts {
             action: &tool.call,
+            plain,
             resource: tool.uid.clone(),
             context: vec![
                 ("task".to_owned(), task_record),
@@ -226,6 +238,7 @@ impl PolicyEngine {
         };
         let parts = StepParts {
             action: &self.read_resource,
+            plain: None,
             resource,
             context: vec![
                 ("task".to_owned(), task_record),
@@ -260,6 +273,7 @@ impl PolicyEngine {
         };
         let parts = StepParts {
             action: &self.get_prompt,
+            plain: None,
             resource,
             context: vec![
                 ("task".to_owned(), task_record),
@@ -303,15 +317,16 @@ impl PolicyEngine {
                 Err(error) => return request_failure(description, error),
             };
 
+        let plain_set = parts.plain.as_deref().unwrap_or(&action.plain);
         let plain = self
             .authorizer
-            .is_authorized(&request, &action.plain, &entities);
+            .is_authorized(&request, plain_set, &entities);
         if let Some(outcome) = evaluation_failure(description, plain.diagnostics().errors()) {
             return outcome;
         }
         let matched = sorted_ids(plain.diagnostics().reason());
         if plain.decision() == CedarDecision::Deny {
-            return denial(description, &action.plain, matched);
+            return denial(description, plain_set, matched);
         }
 
         let hold = self

@@ -1013,3 +1013,67 @@ fn unnormalised_path_literal_fails_to_load() {
         assert!(text.contains("can never match"), "{literal}: {text}");
     }
 }
+
+/// Directory rules whose leading test on `path` lets the engine skip them
+/// for other directories. `{lead}` is replaced by nothing for the guarded
+/// form and by `true && ` for a form with no guard, which Cedar decides the
+/// same way; the two engines must agree on every call.
+const GUARDED_RULES: &str = r#"
+@id("read-a") permit (principal, action == Warden::Action::"fs__read_file", resource)
+when { {lead}context.arguments.path in Warden::Path::"/a" };
+@id("read-b-or-c") permit (principal, action == Warden::Action::"fs__read_file", resource)
+when { {lead}context.arguments.path in Warden::Path::"/b" || context.arguments.path in Warden::Path::"/c" };
+@id("no-secrets") @reason("secrets stay put")
+forbid (principal, action == Warden::Action::"fs__read_file", resource)
+when { {lead}context.arguments.path in Warden::Path::"/a/secret" };
+@id("write-a") permit (principal, action == Warden::Action::"fs__write_file", resource)
+when { {lead}context.arguments.path in Warden::Path::"/a" && context.arguments.content like "*ok*" };
+@id("write-bad") forbid (principal, action == Warden::Action::"fs__write_file", resource)
+when { {lead}context.arguments.path in Warden::Path::"/a/locked" && context.arguments.content like "*" };
+"#;
+
+#[test]
+fn path_guards_change_no_decision() {
+    let guarded = engine(&GUARDED_RULES.replace("{lead}", ""));
+    let unguarded = engine(&GUARDED_RULES.replace("{lead}", "true && "));
+    let calls = [
+        ("fs__read_file", json!({"path": "/a/x"})),
+        ("fs__read_file", json!({"path": "/a"})),
+        ("fs__read_file", json!({"path": "/a/secret/k"})),
+        ("fs__read_file", json!({"path": "/a_other/x"})),
+        ("fs__read_file", json!({"path": "/b/x"})),
+        ("fs__read_file", json!({"path": "/c/../c/y"})),
+        ("fs__read_file", json!({"path": "/d"})),
+        ("fs__read_file", json!({"path": "relative/a"})),
+        ("fs__read_file", json!({})),
+        ("fs__write_file", json!({"path": "/a/x", "content": "ok"})),
+        ("fs__write_file", json!({"path": "/a/x", "content": "no"})),
+        (
+            "fs__write_file",
+            json!({"path": "/a/locked/x", "content": "ok"}),
+        ),
+        ("fs__write_file", json!({"path": "/z", "content": "ok"})),
+    ];
+    for (tool, arguments) in calls {
+        let with_guards = call(&guarded, tool, arguments.clone());
+        let without = call(&unguarded, tool, arguments.clone());
+        assert_eq!(with_guards.decision, without.decision, "{tool} {arguments}");
+        assert_eq!(
+            with_guards.policy_ids, without.policy_ids,
+            "{tool} {arguments}"
+        );
+        assert_eq!(with_guards.reason, without.reason, "{tool} {arguments}");
+        assert_eq!(
+            with_guards.errors.is_empty(),
+            without.errors.is_empty(),
+            "{tool} {arguments}"
+        );
+    }
+}
+
+#[test]
+fn path_guarded_policy_keeps_its_id() {
+    let engine = engine(&GUARDED_RULES.replace("{lead}", ""));
+    let outcome = call(&engine, "fs__read_file", json!({"path": "/a/x"}));
+    assert_eq!(outcome.policy_ids, vec!["read-a"]);
+}
