@@ -265,7 +265,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
             report(
                 &key,
                 format!(
-                    "server name {name:?} must be 1 to 64 characters of lowercase letters, digits, '-' and '_', and must not contain \"__\", because tools are named {{server}}__{{tool}}"
+                    "server name {name:?} must be 1 to 64 characters of lowercase letters, digits, '-' and '_', must not start or end with '_' and must not contain \"__\", because tools are named {{server}}__{{tool}}"
                 ),
             );
         }
@@ -291,7 +291,21 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
                 }
             }
         }
-        if upstream.url.is_some() && (!upstream.args.is_empty() || !upstream.env.is_empty()) {
+        for name in &upstream.inherit_env {
+            if name.starts_with("WARDEN_") {
+                report(
+                    &format!("{key}.inherit_env"),
+                    format!(
+                        "{name} is Warden's own setting and is never passed to an upstream; remove it"
+                    ),
+                );
+            }
+        }
+        if upstream.url.is_some()
+            && (!upstream.args.is_empty()
+                || !upstream.env.is_empty()
+                || !upstream.inherit_env.is_empty())
+        {
             report(
                 &key,
                 "args and env apply to a spawned command, not to a url".into(),
@@ -321,6 +335,8 @@ fn is_server_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.contains("__")
+        && !name.starts_with('_')
+        && !name.ends_with('_')
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))

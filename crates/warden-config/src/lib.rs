@@ -338,9 +338,14 @@ pub struct UpstreamConfig {
     /// Arguments of `command`.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Extra environment variables for `command`.
+    /// Extra environment variables for `command`. A spawned server gets
+    /// only these, a few basics (`PATH`, `HOME`, `LANG`, ...) and the names
+    /// in `inherit_env`; Warden's own secrets are never passed on.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of variables of Warden's environment to pass to `command`.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
     /// Working directory of `command`; defaults to the directory of the
     /// configuration file.
     #[serde(default)]

@@ -10,6 +10,31 @@
 //! allowed directory must check the resolved path itself, as the reference
 //! filesystem server does.
 
+/// Longest path argument Warden decides on, in bytes. Longer paths are
+/// refused: no file system accepts them (Linux's `PATH_MAX` is 4096), and
+/// each component costs an ancestor entity in the policy request.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Most components a path argument may have, for the same reason.
+pub const MAX_PATH_COMPONENTS: usize = 256;
+
+/// Returns why `path` is too long to decide on, or `None` when it is not.
+pub fn check_limits(path: &str) -> Option<String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Some(format!(
+            "a path of at most {MAX_PATH_BYTES} bytes (this one has {})",
+            path.len()
+        ));
+    }
+    let components = path.split('/').filter(|c| !c.is_empty()).count();
+    if components > MAX_PATH_COMPONENTS {
+        return Some(format!(
+            "a path of at most {MAX_PATH_COMPONENTS} components (this one has {components})"
+        ));
+    }
+    None
+}
+
 /// Returns the normalised form of `path`.
 ///
 /// Absolute paths stay absolute. A relative path is normalised on its own
@@ -88,6 +113,13 @@ mod tests {
     fn normalize_keeps_relative_paths_relative() {
         assert_eq!(normalize("a/../../b"), "../b");
         assert_eq!(normalize("./"), ".");
+    }
+
+    #[test]
+    fn check_limits_rejects_long_paths() {
+        assert!(check_limits("/srv/data/a.txt").is_none());
+        assert!(check_limits(&"a/".repeat(MAX_PATH_COMPONENTS + 1)).is_some());
+        assert!(check_limits(&"a".repeat(MAX_PATH_BYTES + 1)).is_some());
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!   tree whose paths start with `/workspace`, mapped into the root.
 //! - `mail`: `send_email`, which appends the message to `outbox.jsonl`.
 //! - `billing`: `refund`, which appends the refund to `refunds.jsonl`.
-//! - `testkit`: `echo`, `sleep` and `crash`, for testing how the gateway
-//!   handles slow and failing upstreams.
+//! - `testkit`: `echo`, `env`, `sleep` and `crash`, for testing how the
+//!   gateway handles slow, failing and changing upstreams.
 
 mod servers;
 

@@ -106,13 +106,23 @@ impl Server {
             _ => json!([
                 tool(
                     "echo",
-                    "Return the text.",
+                    &self.echo_description(),
                     json!({
                         "type": "object",
                         "properties": { "text": { "type": "string" } },
                         "required": ["text"]
                     }),
                     json!({ "readOnlyHint": true })
+                ),
+                tool(
+                    "env",
+                    "Return the value of an environment variable of the server, or \"unset\".",
+                    json!({
+                        "type": "object",
+                        "properties": { "name": { "type": "string" } },
+                        "required": ["name"]
+                    }),
+                    json!({ "readOnlyHint": true }),
                 ),
                 tool(
                     "sleep",
@@ -136,6 +146,15 @@ impl Server {
         }
     }
 
+    /// The `testkit` echo tool's description: the text of
+    /// `ROOT/echo-description.txt` when present, so tests can change a
+    /// tool's definition between two starts of the server.
+    fn echo_description(&self) -> String {
+        std::fs::read_to_string(self.root.join("echo-description.txt"))
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_else(|_| "Return the text.".to_owned())
+    }
+
     pub fn call(&self, params: &Value) -> CallResult {
         let name = params
             .get("name")
@@ -154,6 +173,10 @@ impl Server {
                 Ok(self.append("voided.jsonl", arguments, "invoice voided"))
             }
             ("testkit", "echo") => Ok(ok(text("text").unwrap_or_default())),
+            ("testkit", "env") => {
+                let value = std::env::var(text("name").unwrap_or_default());
+                Ok(ok(&value.unwrap_or_else(|_| "unset".to_owned())))
+            }
             ("testkit", "sleep") => {
                 let seconds = arguments
                     .get("seconds")

@@ -38,11 +38,20 @@ pub async fn check_host_and_origin(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return ApiError::BadRequest("the Host header appears more than once".into())
+            .into_response();
+    }
+    // In an absolute-form request target the target's authority is the
+    // host (RFC 9112 section 3.2.2), so that is what gets checked.
+    let host = match request.uri().authority() {
+        Some(authority) => authority.as_str().to_ascii_lowercase(),
+        None => headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+    };
     if !state
         .allowed_hosts
         .iter()
@@ -53,6 +62,14 @@ pub async fn check_host_and_origin(
             "Host {host:?} is not allowed; add it to server.allowed_hosts if this gateway is reached under that name"
         ))
         .into_response();
+    }
+    let limit = state.config.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::PayloadTooLarge(limit).into_response();
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default().to_ascii_lowercase();

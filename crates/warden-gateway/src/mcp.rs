@@ -40,6 +40,9 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 /// machine-readable decision.
 pub const DECISION_META_KEY: &str = "dev.warden/decision";
 
+/// Time an agent has to send a whole request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
@@ -195,9 +198,27 @@ async fn handle_post(
         Err(error) => return error.into_response(),
     };
     let limit = state.config.limits.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => return ApiError::PayloadTooLarge(limit).into_response(),
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return ApiError::PayloadTooLarge(limit).into_response(),
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                axum::Json(json!({
+                    "error": "request_timeout",
+                    "message": format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())
+                })),
+            )
+                .into_response();
+        }
     };
     let message = match warden_core::json::parse_strict(&bytes) {
         Ok(message) => message,
@@ -442,6 +463,16 @@ fn check_envelope(
         ));
     }
     let version = &meta[PROTOCOL_VERSION_META];
+    // Two copies of a routing header would let an intermediary that reads
+    // the other copy see another request than the one Warden decides.
+    for name in [VERSION_HEADER, METHOD_HEADER, NAME_HEADER] {
+        if headers.get_all(name).iter().count() > 1 {
+            return Err(RpcError::new(
+                code::HEADER_MISMATCH,
+                format!("the {name} header appears more than once; send it once"),
+            ));
+        }
+    }
     let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header_value(VERSION_HEADER).is_none_or(|h| Some(h) != version.as_str()) {
         return Err(RpcError::new(

@@ -37,6 +37,14 @@ pub fn allows(patterns: &[String], qualified: &str) -> bool {
     })
 }
 
+/// Returns true when the scope reaches a whole server: `*` or
+/// `server__*`. Resources are offered per server, so reading one needs this.
+pub fn allows_server(patterns: &[String], server: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| pattern == "*" || pattern.strip_suffix("__*") == Some(server))
+}
+
 /// Returns true when every tool `pattern` matches is also matched by
 /// `patterns`, so that a delegated scope never exceeds its parent's.
 pub fn covers(patterns: &[String], pattern: &str) -> bool {

@@ -13,6 +13,8 @@
 pub mod http;
 pub mod stdio;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -111,6 +113,10 @@ pub struct Upstream {
     connection: Connection,
     timeout: Duration,
     catalog: RwLock<Arc<Catalog>>,
+    /// The connection's change counter when the tool list was last compared.
+    checked_changes: AtomicU64,
+    /// Tools whose definition differs from the one pinned at start, with why.
+    blocked: RwLock<BTreeMap<String, String>>,
 }
 
 impl Upstream {
@@ -129,6 +135,7 @@ impl Upstream {
                     command: command.to_owned(),
                     args: args.to_vec(),
                     env: config.env.clone(),
+                    inherit_env: config.inherit_env.clone(),
                     cwd: config.cwd.clone(),
                     start_timeout,
                     max_line_bytes: max_message_bytes,
@@ -153,6 +160,8 @@ impl Upstream {
             connection,
             timeout,
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            checked_changes: AtomicU64::new(0),
+            blocked: RwLock::default(),
         })
     }
 
@@ -220,7 +229,83 @@ impl Upstream {
             "upstream ready"
         );
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        self.checked_changes
+            .store(self.changes(), Ordering::Release);
         Ok(())
+    }
+
+    fn changes(&self) -> u64 {
+        match &self.connection {
+            Connection::Stdio(client) => client.changes(),
+            Connection::Http(client) => client.changes(),
+        }
+    }
+
+    /// Compares the server's tool list with the definitions pinned at start
+    /// when the server restarted, opened a new session or announced a
+    /// change. A tool whose definition (description, schema, annotations)
+    /// changed, or that is new, is blocked: policies were validated against
+    /// the pinned definition, and a server may have swapped a harmless tool
+    /// for another under the same name.
+    pub async fn check_tools(&self) {
+        let connected = match &self.connection {
+            Connection::Stdio(client) => client.initialize_result().await.map(|_| ()),
+            Connection::Http(client) => client.initialize_result().await.map(|_| ()),
+        };
+        if connected.is_err() {
+            return;
+        }
+        let now = self.changes();
+        if self.checked_changes.load(Ordering::Acquire) == now {
+            return;
+        }
+        let listed = match self.list_all("tools/list", "tools").await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(upstream = %self.name, %error, "cannot list tools to compare them with the pinned definitions");
+                return;
+            }
+        };
+        let pinned = self.catalog();
+        let mut blocked = BTreeMap::new();
+        for tool in &listed {
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let before = pinned
+                .tools
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(name));
+            let reason = match before {
+                Some(before)
+                    if warden_core::json::canonical(before)
+                        == warden_core::json::canonical(tool) =>
+                {
+                    continue;
+                }
+                Some(_) => format!(
+                    "the definition of {}__{name} changed since Warden started; an operator must review it and restart Warden to accept it",
+                    self.name
+                ),
+                None => format!(
+                    "{}__{name} appeared after Warden started; an operator must review it and restart Warden to accept it",
+                    self.name
+                ),
+            };
+            tracing::error!(upstream = %self.name, tool.name = %name, "upstream tool definition changed; tool blocked");
+            blocked.insert(name.to_owned(), reason);
+        }
+        *self.blocked.write().unwrap_or_else(|e| e.into_inner()) = blocked;
+        self.checked_changes.store(now, Ordering::Release);
+    }
+
+    /// Returns why a tool is blocked, if it is.
+    pub fn blocked_reason(&self, tool: &str) -> Option<String> {
+        self.blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tool)
+            .cloned()
     }
 
     /// The catalog taken at start.

@@ -580,3 +580,73 @@ async fn transport_closed_session_is_not_found() {
     assert_eq!(closed.status().as_u16(), 200);
     assert_eq!(status, 404, "{reply}");
 }
+
+#[tokio::test]
+async fn transport_declared_oversize_rejected_before_body() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let task = warden.task().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", warden.port))
+        .await
+        .expect("connect to the gateway");
+    // The head declares 4 GiB and no body byte follows: the answer must not
+    // wait for the body.
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 4294967296\r\n\r\n",
+        warden.port, task.token
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the request head");
+    let mut response = vec![0u8; 512];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut response),
+    )
+    .await
+    .expect("an answer within 5 s")
+    .expect("read the answer");
+    let status_line = String::from_utf8_lossy(&response[..read]);
+
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+}
+
+#[tokio::test]
+async fn transport_repeated_routing_header_rejected() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let task = warden.task().await;
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "files__write_file",
+            "arguments": { "path": "/workspace/drafts/m2", "content": "x" },
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/mcp", warden.port))
+        .bearer_auth(&task.token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "files__write_file")
+        .header("mcp-name", "files__read_file")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    let reply: serde_json::Value = response.json().await.expect("json");
+
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32020), "{reply}");
+    assert!(
+        !warden.files.workspace_file("/workspace/drafts/m2").exists(),
+        "the call ran"
+    );
+}

@@ -230,7 +230,9 @@ fn tools_list(context: &Context<'_>) -> Result<Value, RpcError> {
                 continue;
             };
             let qualified = format!("{}__{name}", upstream.name());
-            if !scope::allows(&context.claims.tools, &qualified) {
+            if !scope::allows(&context.claims.tools, &qualified)
+                || upstream.blocked_reason(name).is_some()
+            {
                 continue;
             }
             let outcome = engine.decide(&StepRequest {
@@ -258,6 +260,18 @@ fn gather(
     for upstream in reachable(context) {
         let catalog = upstream.catalog();
         for item in items(&catalog) {
+            let in_scope = match rename {
+                Some(key) => item.get(key).and_then(Value::as_str).is_some_and(|name| {
+                    scope::allows(
+                        &context.claims.tools,
+                        &format!("{}__{name}", upstream.name()),
+                    )
+                }),
+                None => scope::allows_server(&context.claims.tools, upstream.name()),
+            };
+            if !in_scope {
+                continue;
+            }
             let mut shown = item.clone();
             if let Some(key) = rename
                 && let Some(name) = item.get(key).and_then(Value::as_str)
@@ -293,8 +307,17 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
     let qualified = format!("{}__{tool}", upstream.name());
     let claims = context.claims;
     let state = context.state;
+    upstream.check_tools().await;
 
-    let outcome = if scope::allows(&claims.tools, &qualified) {
+    let outcome = if let Some(reason) = upstream.blocked_reason(&tool) {
+        PolicyOutcome {
+            decision: Decision::Deny,
+            policy_ids: vec!["warden:tool-changed".into()],
+            reason,
+            errors: Vec::new(),
+            arguments: None,
+        }
+    } else if scope::allows(&claims.tools, &qualified) {
         state.engine().decide(&StepRequest {
             task: &task_context(claims),
             step: Step::CallTool {
@@ -418,12 +441,19 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (detail, reply) = match result {
-        Ok(Ok(result)) => (
-            json!({
+        Ok(Ok(mut result)) => (
+            {
+                // Only Warden speaks under its decision key; an upstream
+                // that sets it could fake a refusal or a policy id.
+                if let Some(meta) = result.get_mut("_meta").and_then(Value::as_object_mut) {
+                    meta.remove(DECISION_META_KEY);
+                }
+                json!({
                 "outcome": "result",
                 "is_error": result.get("isError").and_then(Value::as_bool).unwrap_or(false),
                 "duration_ms": elapsed_ms,
-            }),
+                })
+            },
             Ok(result),
         ),
         Ok(Err(error)) => (
@@ -469,21 +499,21 @@ async fn resources_read(context: &Context<'_>, params: &Value) -> Result<Value, 
             "resources/read needs params.uri",
         ));
     };
-    let Some(upstream) = resource_owner(context, uri) else {
-        return Err(RpcError::new(
-            code::INVALID_PARAMS,
-            format!(
-                "unknown resource {uri:?}; call resources/list, or read it through /mcp/{{server}}"
-            ),
-        ));
+    let upstream = resource_owner(context, uri)?;
+    let outcome = if scope::allows_server(&context.claims.tools, upstream.name()) {
+        context.state.engine().decide(&StepRequest {
+            task: &task_context(context.claims),
+            step: Step::ReadResource {
+                server: upstream.name(),
+                uri,
+            },
+        })
+    } else {
+        out_of_scope(
+            context,
+            &format!("the resources of server {}", upstream.name()),
+        )
     };
-    let outcome = context.state.engine().decide(&StepRequest {
-        task: &task_context(context.claims),
-        step: Step::ReadResource {
-            server: upstream.name(),
-            uri,
-        },
-    });
     decide_and_forward(
         context,
         &upstream,
@@ -515,13 +545,18 @@ async fn prompts_get(context: &Context<'_>, params: &Value) -> Result<Value, Rpc
             format!("unknown prompt {name:?}; call prompts/list"),
         ));
     };
-    let outcome = context.state.engine().decide(&StepRequest {
-        task: &task_context(context.claims),
-        step: Step::GetPrompt {
-            server: upstream.name(),
-            name: &prompt,
-        },
-    });
+    let qualified = format!("{}__{prompt}", upstream.name());
+    let outcome = if scope::allows(&context.claims.tools, &qualified) {
+        context.state.engine().decide(&StepRequest {
+            task: &task_context(context.claims),
+            step: Step::GetPrompt {
+                server: upstream.name(),
+                name: &prompt,
+            },
+        })
+    } else {
+        out_of_scope(context, &format!("prompt {qualified}"))
+    };
     let mut forwarded = params.clone();
     forwarded["name"] = Value::String(prompt.clone());
     let target = format!("{}__{prompt}", upstream.name());
@@ -550,6 +585,17 @@ async fn decide_and_forward(
     outcome: PolicyOutcome,
 ) -> Result<Value, RpcError> {
     let state = context.state;
+    let mut outcome = outcome;
+    if outcome.decision == Decision::Hold {
+        // Approvals cover tool calls only, so a held read or prompt is
+        // refused outright rather than left waiting for an approval that
+        // cannot be requested.
+        outcome.decision = Decision::Deny;
+        outcome.reason = format!(
+            "{}; approvals cover tool calls only, so this {kind} request is refused",
+            outcome.reason
+        );
+    }
     state.metrics.count_decision(outcome.decision);
     let span = audit::record(
         state,
@@ -624,6 +670,43 @@ async fn forward_plain(
             format!("{method} is served on /mcp/{{server}} only, where the server is unambiguous"),
         ));
     };
+    // Forward only what the upstream offers and Warden advertises: Warden
+    // relays no resource updates, so subscriptions are refused.
+    let capability = match method {
+        "completion/complete" => Some("completions"),
+        "logging/setLevel" => Some("logging"),
+        _ => None,
+    };
+    let offered = capability.is_some_and(|name| {
+        upstream
+            .catalog()
+            .capabilities()
+            .get(name)
+            .is_some_and(Value::is_object)
+    });
+    if !offered {
+        return Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!(
+                "{method} is not offered through Warden by upstream {}",
+                upstream.name()
+            ),
+        ));
+    }
+    audit::record(
+        context.state,
+        context.claims,
+        audit::Step {
+            kind: "method.forwarded",
+            target: Some(upstream.name()),
+            decision: None,
+            policy_ids: &[],
+            reason: None,
+            detail: json!({ "method": method, "request_id": context.request_id }),
+            span_id: None,
+            parent_span_id: None,
+        },
+    );
     match upstream
         .request(method, Some(strip_envelope(params.clone())))
         .await
@@ -634,18 +717,21 @@ async fn forward_plain(
     }
 }
 
-fn resource_owner(context: &Context<'_>, uri: &str) -> Option<Arc<Upstream>> {
+fn resource_owner(context: &Context<'_>, uri: &str) -> Result<Arc<Upstream>, RpcError> {
     let upstreams = reachable(context);
     if context.server.is_some() {
-        return upstreams.into_iter().next();
+        return upstreams
+            .into_iter()
+            .next()
+            .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, "no such server"));
     }
-    let listed = |u: &Arc<Upstream>| {
+    let listed = |u: &&Arc<Upstream>| {
         u.catalog()
             .resources
             .iter()
             .any(|r| r.get("uri").and_then(Value::as_str) == Some(uri))
     };
-    let templated = |u: &Arc<Upstream>| {
+    let templated = |u: &&Arc<Upstream>| {
         u.catalog().resource_templates.iter().any(|t| {
             t.get("uriTemplate")
                 .and_then(Value::as_str)
@@ -653,11 +739,43 @@ fn resource_owner(context: &Context<'_>, uri: &str) -> Option<Arc<Upstream>> {
                 .is_some_and(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
         })
     };
-    upstreams
-        .iter()
-        .find(|u| listed(u))
-        .or_else(|| upstreams.iter().find(|u| templated(u)))
-        .cloned()
+    let mut owners: Vec<&Arc<Upstream>> = upstreams.iter().filter(listed).collect();
+    if owners.is_empty() {
+        owners = upstreams.iter().filter(templated).collect();
+    }
+    match owners.as_slice() {
+        [owner] => Ok((*owner).clone()),
+        [] => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!(
+                "unknown resource {uri:?}; call resources/list, or read it through /mcp/{{server}}"
+            ),
+        )),
+        several => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!(
+                "resource {uri:?} is offered by several servers ({}); read it through /mcp/{{server}}",
+                several
+                    .iter()
+                    .map(|u| u.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn out_of_scope(context: &Context<'_>, what: &str) -> PolicyOutcome {
+    PolicyOutcome {
+        decision: Decision::Deny,
+        policy_ids: vec!["warden:task-scope".into()],
+        reason: format!(
+            "{what} is outside this task's scope ({}); start a task whose tools include it",
+            context.claims.tools.join(", ")
+        ),
+        errors: Vec::new(),
+        arguments: None,
+    }
 }
 
 /// The `_meta` of a call that is forwarded: the client's own, without the

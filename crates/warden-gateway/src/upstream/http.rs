@@ -47,6 +47,8 @@ pub struct HttpClient {
     session: tokio::sync::Mutex<Option<Session>>,
     next_id: AtomicU64,
     connected: AtomicBool,
+    /// Bumped on every new session and every tool-list change notification.
+    changes: AtomicU64,
     max_message_bytes: usize,
 }
 
@@ -80,6 +82,7 @@ impl HttpClient {
             session: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             max_message_bytes,
         })
     }
@@ -87,6 +90,11 @@ impl HttpClient {
     /// Opens the session if needed and returns the `initialize` result.
     pub async fn initialize_result(&self) -> Result<Value, UpstreamError> {
         Ok(self.ensure_session().await?.initialize)
+    }
+
+    /// Counter of new sessions and tool-list change notifications.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Returns true while a session is established.
@@ -150,6 +158,7 @@ impl HttpClient {
         };
         tracing::info!(upstream = %self.server, url = %self.url, protocol = %session.protocol_version, "upstream connected");
         self.connected.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         *slot = Some(session.clone());
         Ok(session)
     }
@@ -378,6 +387,9 @@ impl HttpClient {
                     (Some(request_id), Some(method)) => {
                         self.answer_server_request(session, request_id, method)
                             .await;
+                    }
+                    (None, Some("notifications/tools/list_changed")) => {
+                        self.changes.fetch_add(1, Ordering::AcqRel);
                     }
                     _ => {
                         // NOTE: notifications sent during a call (progress,

@@ -23,6 +23,23 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::{RpcOutcome, UpstreamError, client_initialize_params, outcome_of};
 
+/// Environment variables a spawned server inherits from Warden; all others
+/// are withheld unless listed in `inherit_env` or set in `env`.
+pub const INHERITED_ENV: [&str; 12] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SYSTEMROOT",
+    "NODE_PATH",
+];
+
 /// How to run a stdio server.
 #[derive(Debug, Clone)]
 pub struct StdioSettings {
@@ -34,6 +51,8 @@ pub struct StdioSettings {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: BTreeMap<String, String>,
+    /// Names of further variables to pass through from Warden's environment.
+    pub inherit_env: Vec<String>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
     /// Time allowed for spawn plus `initialize`.
@@ -62,6 +81,9 @@ struct Process {
 /// A supervised stdio server.
 pub struct StdioClient {
     settings: StdioSettings,
+    /// Bumped on every (re)start and every `notifications/tools/list_changed`,
+    /// so the upstream knows to compare the tool list again.
+    changes: Arc<AtomicU64>,
     process: tokio::sync::Mutex<Option<Arc<Process>>>,
     current: Mutex<Option<Arc<Process>>>,
     last_spawn: Mutex<Option<Instant>>,
@@ -72,6 +94,7 @@ impl StdioClient {
     pub fn new(settings: StdioSettings) -> StdioClient {
         StdioClient {
             settings,
+            changes: Arc::default(),
             process: tokio::sync::Mutex::new(None),
             current: Mutex::new(None),
             last_spawn: Mutex::new(None),
@@ -100,6 +123,11 @@ impl StdioClient {
         process
             .send(&self.settings.server, &notification(method, params))
             .await
+    }
+
+    /// Counter of (re)starts and tool-list change notifications.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Returns true while a process is running.
@@ -149,6 +177,7 @@ impl StdioClient {
                 ),
             })??;
         let process = Arc::new(process);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         *slot = Some(process.clone());
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.clone());
         Ok(process)
@@ -172,6 +201,18 @@ impl StdioClient {
         let settings = &self.settings;
         let server = settings.server.clone();
         let mut command = Command::new(&settings.command);
+        // A spawned server gets a minimal environment, never Warden's own:
+        // the admin token, webhook keys and provider keys stay in Warden.
+        command.env_clear();
+        for name in INHERITED_ENV
+            .iter()
+            .copied()
+            .chain(settings.inherit_env.iter().map(String::as_str))
+        {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .args(&settings.args)
             .envs(&settings.env)
@@ -215,6 +256,7 @@ impl StdioClient {
             pending.clone(),
             lines.clone(),
             alive.clone(),
+            self.changes.clone(),
         ));
         let stderr_tail: StderrTail = Arc::default();
         tokio::spawn(log_stderr(
@@ -367,6 +409,7 @@ async fn read_messages(
     pending: Pending,
     lines: mpsc::Sender<String>,
     alive: Arc<AtomicBool>,
+    changes: Arc<AtomicU64>,
 ) {
     while let Some(line) = stdout.next().await {
         let line = match line {
@@ -424,6 +467,9 @@ async fn read_messages(
                 let _ = lines.send(reply.to_string()).await;
             }
             (None, Some(method)) => {
+                if method == "notifications/tools/list_changed" {
+                    changes.fetch_add(1, Ordering::AcqRel);
+                }
                 tracing::debug!(upstream = %server, method, "upstream notification");
             }
             (None, None) => {

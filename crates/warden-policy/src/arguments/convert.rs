@@ -248,6 +248,13 @@ impl Converter<'_> {
             }
             ArgType::Path => {
                 let text = value.as_str().ok_or_else(mismatch)?;
+                if let Some(expected) = warden_core::path::check_limits(text) {
+                    return Err(ArgumentError::Mismatch {
+                        location: location.to_owned(),
+                        expected,
+                        found: "a longer path".to_owned(),
+                    });
+                }
                 let normalised = warden_core::path::normalize(text);
                 let uid = EntityUid::from_type_name_and_id(
                     self.path_type.clone(),
