@@ -101,6 +101,7 @@ struct ActionPolicies {
 struct ToolScope<'a> {
     tool: &'a EntityUid,
     server: &'a EntityUid,
+    facts: guard::StaticFacts<'a>,
 }
 
 impl PolicyEngine {
@@ -170,6 +171,7 @@ impl PolicyEngine {
                 definition.clone(),
                 &policies,
                 &action_entities,
+                &options.environment,
             )?;
             compiled.insert(qualified, tool);
         }
@@ -248,6 +250,7 @@ impl CompiledTool {
         definition: ToolDef,
         policies: &[LoadedPolicy],
         action_entities: &Entities,
+        environment: &str,
     ) -> Result<CompiledTool, PolicyLoadError> {
         let hint = |key: &str, default: bool| {
             definition
@@ -292,6 +295,16 @@ impl CompiledTool {
         let scope = ToolScope {
             tool: &uid,
             server: &server_uid,
+            facts: guard::StaticFacts {
+                name: &qualified,
+                server: &definition.server,
+                tool: &definition.name,
+                classes: &definition.classes,
+                read_only,
+                destructive,
+                open_world,
+                environment,
+            },
         };
         let call = ActionPolicies::new(names, &qualified, Some(&scope), policies, action_entities)?;
         let list = ActionPolicies::new(names, LIST_TOOLS, Some(&scope), policies, action_entities)?;
@@ -351,7 +364,13 @@ impl ActionPolicies {
                 ResourceConstraint::IsIn(kind, scope) => kind == names.tool && within(&scope),
             }
         };
-        let applies = |policy: &Policy| action_applies(policy) && resource_applies(policy);
+        let possible = |policy: &Policy| match tool {
+            Some(tool) => !guard::never_matches(policy, &tool.facts),
+            None => true,
+        };
+        let applies = |policy: &Policy| {
+            action_applies(policy) && resource_applies(policy) && possible(policy)
+        };
         let select = |hold: bool| {
             PolicySet::from_policies(
                 policies

@@ -42,10 +42,24 @@ impl PathGuard {
         if first.get("kind")?.as_str()? != "when" {
             return None;
         }
-        let mut leading = first.get("body")?;
-        while let Some(and) = leading.get("&&") {
-            leading = and.get("left")?;
+        let mut conjuncts = Vec::new();
+        collect_conjuncts(first.get("body")?, &mut conjuncts);
+        // Presence and type tests that cannot raise an error may come
+        // first, as in `context.arguments has path && context.arguments.path
+        // is Warden::Path && context.arguments.path in ...`.
+        let mut checked_types = Vec::new();
+        let mut leading = None;
+        for conjunct in conjuncts {
+            match presence_test(conjunct) {
+                Some(Presence::Has) => continue,
+                Some(Presence::Is(argument)) => checked_types.push(argument),
+                None => {
+                    leading = Some(conjunct);
+                    break;
+                }
+            }
         }
+        let leading = leading?;
         let mut tests = Vec::new();
         collect_disjuncts(leading, &mut tests);
         let mut guard: Option<PathGuard> = None;
@@ -64,7 +78,13 @@ impl PathGuard {
                 Some(_) => return None,
             }
         }
-        guard
+        // An `is` test on another argument could raise an error when that
+        // argument is absent, so such a policy keeps no guard.
+        guard.filter(|guard| {
+            checked_types
+                .iter()
+                .all(|argument| *argument == guard.argument)
+        })
     }
 
     /// Returns false only when `paths` has the argument and it lies in none
@@ -135,6 +155,55 @@ impl GuardedPolicies {
     }
 }
 
+fn collect_conjuncts<'a>(expression: &'a Value, out: &mut Vec<&'a Value>) {
+    match expression
+        .get("&&")
+        .and_then(|and| Some((and.get("left")?, and.get("right")?)))
+    {
+        Some((left, right)) => {
+            collect_conjuncts(left, out);
+            collect_conjuncts(right, out);
+        }
+        None => out.push(expression),
+    }
+}
+
+/// A leading test that never raises an error on a tool call.
+enum Presence {
+    /// `context has arguments` or `context.arguments has NAME`.
+    Has,
+    /// `context.arguments.NAME is Warden::Path`.
+    Is(String),
+}
+
+fn presence_test(expression: &Value) -> Option<Presence> {
+    if let Some(has) = expression.get("has") {
+        let left = has.get("left")?;
+        let on_context = left.get("Var").and_then(Value::as_str) == Some("context");
+        let on_arguments = left.get(".").is_some_and(|access| {
+            access.get("attr").and_then(Value::as_str) == Some("arguments")
+                && access
+                    .get("left")
+                    .and_then(|l| l.get("Var"))
+                    .and_then(Value::as_str)
+                    == Some("context")
+        });
+        return (on_context || on_arguments).then_some(Presence::Has);
+    }
+    let is = expression.get("is")?;
+    if is.get("entity_type")?.as_str()? != format!("{NAMESPACE}::Path") || is.get("in").is_some() {
+        return None;
+    }
+    let attribute = is.get("left")?.get(".")?;
+    let arguments = attribute.get("left")?.get(".")?;
+    if arguments.get("attr")?.as_str()? != "arguments"
+        || arguments.get("left")?.get("Var")?.as_str()? != "context"
+    {
+        return None;
+    }
+    Some(Presence::Is(attribute.get("attr")?.as_str()?.to_owned()))
+}
+
 fn collect_disjuncts<'a>(expression: &'a Value, out: &mut Vec<&'a Value>) {
     match expression.get("||") {
         Some(or) => {
@@ -166,6 +235,109 @@ fn path_test(expression: &Value) -> Option<(String, String)> {
     }
     let directory = entity.get("id")?.as_str()?;
     Some((argument.to_owned(), directory.to_owned()))
+}
+
+/// What is known about a tool and the engine when policies are loaded.
+pub(crate) struct StaticFacts<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) server: &'a str,
+    pub(crate) tool: &'a str,
+    pub(crate) classes: &'a [String],
+    pub(crate) read_only: bool,
+    pub(crate) destructive: bool,
+    pub(crate) open_world: bool,
+    pub(crate) environment: &'a str,
+}
+
+/// Returns true when `policy` can never match a request about this tool:
+/// its first `when` condition starts with tests of the tool's fixed
+/// attributes or the environment, and one of them is false. Those tests
+/// cannot raise errors, so Cedar would find the condition false without
+/// evaluating the rest, and leaving the policy out of the tool's set
+/// changes no decision.
+pub(crate) fn never_matches(policy: &Policy, facts: &StaticFacts<'_>) -> bool {
+    let Ok(json) = policy.to_json() else {
+        return false;
+    };
+    let Some(first) = json
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| conditions.first())
+    else {
+        return false;
+    };
+    if first.get("kind").and_then(Value::as_str) != Some("when") {
+        return false;
+    }
+    let Some(body) = first.get("body") else {
+        return false;
+    };
+    let mut conjuncts = Vec::new();
+    collect_conjuncts(body, &mut conjuncts);
+    for conjunct in conjuncts {
+        match static_value(conjunct, facts) {
+            Some(true) => continue,
+            Some(false) => return true,
+            None => return false,
+        }
+    }
+    false
+}
+
+fn static_value(expression: &Value, facts: &StaticFacts<'_>) -> Option<bool> {
+    if let Some(not) = expression.get("!") {
+        return static_value(not.get("arg")?, facts).map(|value| !value);
+    }
+    for (operator, equal) in [("==", true), ("!=", false)] {
+        if let Some(comparison) = expression.get(operator) {
+            let (left, right) = (comparison.get("left")?, comparison.get("right")?);
+            let (attribute, literal) = match (static_string(left, facts), literal_string(right)) {
+                (Some(attribute), Some(literal)) => (attribute, literal),
+                _ => (static_string(right, facts)?, literal_string(left)?),
+            };
+            return Some((attribute == literal) == equal);
+        }
+    }
+    if let Some(contains) = expression.get("contains") {
+        if resource_attribute(contains.get("left")?)? != "classes" {
+            return None;
+        }
+        let class = literal_string(contains.get("right")?)?;
+        return Some(facts.classes.iter().any(|c| c == class));
+    }
+    match resource_attribute(expression)? {
+        "read_only" => Some(facts.read_only),
+        "destructive" => Some(facts.destructive),
+        "open_world" => Some(facts.open_world),
+        _ => None,
+    }
+}
+
+/// The value of `resource.name|server|tool` or `context.environment`.
+fn static_string<'a>(expression: &Value, facts: &StaticFacts<'a>) -> Option<&'a str> {
+    if let Some(attribute) = resource_attribute(expression) {
+        return match attribute {
+            "name" => Some(facts.name),
+            "server" => Some(facts.server),
+            "tool" => Some(facts.tool),
+            _ => None,
+        };
+    }
+    let access = expression.get(".")?;
+    (access.get("attr")?.as_str()? == "environment"
+        && access.get("left")?.get("Var")?.as_str()? == "context")
+        .then_some(facts.environment)
+}
+
+fn resource_attribute(expression: &Value) -> Option<&str> {
+    let access = expression.get(".")?;
+    (access.get("left")?.get("Var")?.as_str()? == "resource")
+        .then(|| access.get("attr")?.as_str())
+        .flatten()
+}
+
+fn literal_string(expression: &Value) -> Option<&str> {
+    expression.get("Value")?.as_str()
 }
 
 #[cfg(test)]
@@ -201,6 +373,23 @@ mod tests {
     }
 
     #[test]
+    fn guard_after_presence_tests() {
+        let found = guard(
+            r#"forbid (principal, action, resource) when { context has arguments && context.arguments has path && context.arguments.path is Warden::Path && context.arguments.path in Warden::Path::"/srv/secret" };"#,
+        )
+        .expect("guard");
+        assert_eq!(found.directories, vec!["/srv/secret"]);
+    }
+
+    #[test]
+    fn no_guard_after_type_test_of_other_argument() {
+        let found = guard(
+            r#"forbid (principal, action, resource) when { context.arguments.source is Warden::Path && context.arguments.path in Warden::Path::"/srv" };"#,
+        );
+        assert_eq!(found, None);
+    }
+
+    #[test]
     fn no_guard_when_test_is_not_leading() {
         let found = guard(
             r#"permit (principal, action, resource) when { context.arguments.mode == "r" && context.arguments.path in Warden::Path::"/a" };"#,
@@ -222,6 +411,53 @@ mod tests {
             ),
             None
         );
+    }
+
+    fn facts() -> StaticFacts<'static> {
+        StaticFacts {
+            name: "fs__read_file",
+            server: "fs",
+            tool: "read_file",
+            classes: &[],
+            read_only: true,
+            destructive: false,
+            open_world: false,
+            environment: "development",
+        }
+    }
+
+    fn never(text: &str) -> bool {
+        never_matches(&Policy::from_str(text).expect("policy parses"), &facts())
+    }
+
+    #[test]
+    fn never_matches_false_static_tests() {
+        assert!(never(
+            r#"forbid (principal, action, resource) when { resource.classes.contains("write") };"#
+        ));
+        assert!(never(
+            r#"forbid (principal, action, resource) when { context.environment == "production" && resource.destructive };"#
+        ));
+        assert!(never(
+            r#"forbid (principal, action, resource) when { resource.server == "mail" };"#
+        ));
+        assert!(never(
+            r#"forbid (principal, action, resource) when { !resource.read_only };"#
+        ));
+    }
+
+    #[test]
+    fn never_matches_keeps_possible_policies() {
+        assert!(!never(
+            r#"forbid (principal, action, resource) when { resource.server == "fs" };"#
+        ));
+        assert!(!never(
+            r#"forbid (principal, action, resource) when { principal.trust_domain != "a" && resource.server == "mail" };"#
+        ));
+        assert!(!never(
+            r#"forbid (principal, action, resource) unless { resource.server == "mail" };"#
+        ));
+        assert!(!never(r#"permit (principal, action, resource);"#));
     }
 
     #[test]

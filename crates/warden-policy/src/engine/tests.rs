@@ -1026,6 +1026,13 @@ when { {lead}context.arguments.path in Warden::Path::"/b" || context.arguments.p
 @id("no-secrets") @reason("secrets stay put")
 forbid (principal, action == Warden::Action::"fs__read_file", resource)
 when { {lead}context.arguments.path in Warden::Path::"/a/secret" };
+@id("no-secret2") forbid (principal, action in Warden::Action::"call_tool", resource)
+when { {lead}context.arguments has path && context.arguments.path is Warden::Path && context.arguments.path in Warden::Path::"/a/secret2" };
+@id("no-writes-in-test") @reason("writes are off in test")
+forbid (principal, action in Warden::Action::"call_tool", resource)
+when { {lead}context.environment == "test" && resource.classes.contains("write") && context.arguments has path && context.arguments.path in Warden::Path::"/a/locked" };
+@id("no-prod") forbid (principal, action in Warden::Action::"call_tool", resource)
+when { {lead}context.environment == "production" };
 @id("write-a") permit (principal, action == Warden::Action::"fs__write_file", resource)
 when { {lead}context.arguments.path in Warden::Path::"/a" && context.arguments.content like "*ok*" };
 @id("write-bad") forbid (principal, action == Warden::Action::"fs__write_file", resource)
@@ -1040,6 +1047,12 @@ fn path_guards_change_no_decision() {
         ("fs__read_file", json!({"path": "/a/x"})),
         ("fs__read_file", json!({"path": "/a"})),
         ("fs__read_file", json!({"path": "/a/secret/k"})),
+        ("fs__read_file", json!({"path": "/a/secret2/k"})),
+        (
+            "fs__write_file",
+            json!({"path": "/a/secret2/k", "content": "ok"}),
+        ),
+        ("pay__transfer", json!({"amount": 5})),
         ("fs__read_file", json!({"path": "/a_other/x"})),
         ("fs__read_file", json!({"path": "/b/x"})),
         ("fs__read_file", json!({"path": "/c/../c/y"})),
