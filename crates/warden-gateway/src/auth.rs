@@ -37,7 +37,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -48,7 +49,8 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// Short machine-readable code, e.g. `invalid_token`.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "invalid_token",
             ApiError::Forbidden(_) => "forbidden",
@@ -57,6 +59,28 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
         }
+    }
+}
+
+impl ApiError {
+    /// Builds the response for the MCP endpoint: the same status and
+    /// challenge, with a JSON-RPC error body, so MCP clients show the
+    /// message instead of a bare status.
+    pub fn into_mcp_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": -32001, "message": message, "data": { "error": self.code() } }
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge(&message));
+        }
+        response
     }
 }
 

@@ -142,7 +142,7 @@ pub async fn post_one(
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
-        .into_response();
+        .into_mcp_response();
     }
     handle_post(state, Some(server), headers, body).await
 }
@@ -164,17 +164,17 @@ pub async fn get_stream() -> Response {
 pub async fn delete_session(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let claims = match authenticate_task(&state, &headers).await {
         Ok(claims) => claims,
-        Err(error) => return error.into_response(),
+        Err(error) => return error.into_mcp_response(),
     };
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        return ApiError::BadRequest("missing Mcp-Session-Id header".into()).into_response();
+        return ApiError::BadRequest("missing Mcp-Session-Id header".into()).into_mcp_response();
     };
     match state.sessions.get(id) {
         Some(session) if session.task_id == claims.task_id => {
             state.sessions.remove(id);
             StatusCode::OK.into_response()
         }
-        _ => ApiError::NotFound(format!("no session {id}")).into_response(),
+        _ => ApiError::NotFound(format!("no session {id}")).into_mcp_response(),
     }
 }
 
@@ -195,7 +195,7 @@ async fn handle_post(
 ) -> Response {
     let claims = match authenticate_task(&state, &headers).await {
         Ok(claims) => claims,
-        Err(error) => return error.into_response(),
+        Err(error) => return error.into_mcp_response(),
     };
     let limit = state.config.limits.max_body_bytes;
     let declared = headers
@@ -203,12 +203,12 @@ async fn handle_post(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return ApiError::PayloadTooLarge(limit).into_response();
+        return ApiError::PayloadTooLarge(limit).into_mcp_response();
     }
     let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => return ApiError::PayloadTooLarge(limit).into_response(),
+        Ok(Err(_)) => return ApiError::PayloadTooLarge(limit).into_mcp_response(),
         Err(_) => {
             return (
                 StatusCode::REQUEST_TIMEOUT,

@@ -305,8 +305,9 @@ fn collapse_repeats(mut problems: Vec<PolicyProblem>) -> Vec<PolicyProblem> {
                 } else {
                     "; "
                 };
+                let noun = if repeats == 1 { "problem" } else { "problems" };
                 problem.message = format!(
-                    "{}{separator}{repeats} more problems at this location, \
+                    "{}{separator}{repeats} more {noun} at this location, \
                      usually the same one for other actions",
                     problem.message
                 );

@@ -172,6 +172,11 @@ fn render_node(
     if let Some(arguments) = r.detail.get("arguments").filter(|a| !a.is_null()) {
         line.push_str(&format!(" {arguments}"));
     }
+    if r.kind == "task.delegated"
+        && let Some(tools) = r.detail.get("tools")
+    {
+        line.push_str(&format!(" task {} scope {tools}", r.task_id));
+    }
     if let Some(approver) = r.detail.get("approver").and_then(|a| a.as_str()) {
         line.push_str(&format!(" by {approver}"));
     }

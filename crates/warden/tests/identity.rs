@@ -188,7 +188,7 @@ async fn identity_ended_task_token_is_rejected_401() {
     let body: Value = response.json().await.expect("error body is JSON");
 
     assert_eq!(status, 401, "{body}");
-    let message = body["message"].as_str().unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("start a new task"), "message {message:?}");
 }
 
