@@ -205,17 +205,7 @@ impl Gateway {
         let state = self.state.clone();
         spawn_reload_on_hangup(state.clone());
         tracing::info!(listen = %self.addr, upstreams = state.upstreams.len(), "warden listening");
-        // Responses are small and latency-bound, so Nagle's algorithm would
-        // only hold a response's last segment back behind a delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        serve_connections(self.listener, router(state.clone()), shutdown).await;
         tracing::info!("warden stopping");
         if let Err(error) = state.store.flush().await {
             tracing::error!(%error, "flushing the audit log at shutdown failed");
@@ -224,6 +214,78 @@ impl Gateway {
             upstream.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Time a client has to send a request's headers, and to start the next
+/// request on a kept-alive connection, before the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; further clients wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` completes, then lets in-flight
+/// requests finish within [`SHUTDOWN_GRACE`].
+///
+/// Each connection gets `TCP_NODELAY` (responses are small and
+/// latency-bound), a header read timeout against slow or idle clients, and
+/// a slot among [`MAX_CONNECTIONS`].
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, peer = %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after the shutdown grace period were dropped");
     }
 }
 

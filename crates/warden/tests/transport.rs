@@ -650,3 +650,28 @@ async fn transport_repeated_routing_header_rejected() {
         "the call ran"
     );
 }
+
+#[tokio::test]
+async fn transport_slow_headers_close_connection() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", warden.port))
+        .await
+        .expect("connect to the gateway");
+    // Half a request head, then silence.
+    stream
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("send part of the head");
+    let mut buffer = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buffer))
+        .await
+        .expect("the gateway closes a silent connection within 15 s");
+
+    // A closed connection reads as end of file or a reset, never as data
+    // that answers the half-sent request with success.
+    let text = match read {
+        Ok(n) => String::from_utf8_lossy(&buffer[..n]).into_owned(),
+        Err(_) => String::new(),
+    };
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -143,18 +143,20 @@ fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
         Some(v) if HANDSHAKE_VERSIONS.contains(&v) => v,
         _ => HANDSHAKE_VERSIONS[HANDSHAKE_VERSIONS.len() - 1],
     };
-    let Some(session) =
-        context
-            .state
-            .sessions
-            .create(&context.claims.task_id, context.server, version)
-    else {
+    let Some(session) = context.state.sessions.create(
+        &context.claims.task_id,
+        context.server,
+        version,
+        context.claims.exp,
+        crate::auth::now_unix(),
+    ) else {
         return Outcome::Error(RpcError::new(
             code::INVALID_REQUEST,
             format!(
-                "task {} already has {} open sessions; close one with DELETE /mcp",
+                "task {} already has {} open sessions (or the gateway holds {}); close one with DELETE /mcp",
                 context.claims.task_id,
-                super::session::MAX_SESSIONS_PER_TASK
+                super::session::MAX_SESSIONS_PER_TASK,
+                super::session::MAX_SESSIONS
             ),
         ));
     };

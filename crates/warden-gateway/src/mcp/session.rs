@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// Most sessions one task may hold open at once.
 pub const MAX_SESSIONS_PER_TASK: usize = 64;
+/// Most sessions open at once across all tasks.
+pub const MAX_SESSIONS: usize = 65_536;
 
 /// One agent session.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct Session {
     pub server: Option<String>,
     /// Negotiated protocol revision.
     pub protocol_version: String,
+    /// Expiry of the task, in unix seconds; the session ends with it.
+    pub expires_at: i64,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -73,10 +77,14 @@ impl Sessions {
         task_id: &str,
         server: Option<&str>,
         protocol_version: &str,
+        expires_at: i64,
+        now: i64,
     ) -> Option<Arc<Session>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Sessions of expired tasks are useless; they go when new ones come.
+        map.retain(|_, session| session.expires_at >= now);
         let open = map.values().filter(|s| s.task_id == task_id).count();
-        if open >= MAX_SESSIONS_PER_TASK {
+        if open >= MAX_SESSIONS_PER_TASK || map.len() >= MAX_SESSIONS {
             return None;
         }
         let session = Arc::new(Session {
@@ -84,6 +92,7 @@ impl Sessions {
             task_id: task_id.to_owned(),
             server: server.map(str::to_owned),
             protocol_version: protocol_version.to_owned(),
+            expires_at,
             in_flight: Mutex::default(),
         });
         map.insert(session.id.clone(), session.clone());
