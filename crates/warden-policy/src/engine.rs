@@ -58,6 +58,16 @@ pub struct PolicyEngine {
     read_resource: ActionPolicies,
     get_prompt: ActionPolicies,
     policy_count: usize,
+    /// Non-empty `@reason` and `@hold` texts by policy id, read once at
+    /// load because Cedar parses the key on every annotation lookup.
+    texts: HashMap<String, PolicyTexts>,
+}
+
+/// The texts a decision quotes from a policy.
+#[derive(Default)]
+struct PolicyTexts {
+    reason: Option<String>,
+    hold: Option<String>,
 }
 
 /// Entity type names, built once.
@@ -200,6 +210,23 @@ impl PolicyEngine {
             read_resource,
             get_prompt,
             policy_count: policies.len(),
+            texts: policies
+                .iter()
+                .map(|entry| {
+                    let text = |key: &str| {
+                        entry
+                            .policy
+                            .annotation(key)
+                            .filter(|value| !value.trim().is_empty())
+                            .map(str::to_owned)
+                    };
+                    let texts = PolicyTexts {
+                        reason: text(crate::load::REASON_ANNOTATION),
+                        hold: text(crate::load::HOLD_ANNOTATION),
+                    };
+                    (entry.policy.id().to_string(), texts)
+                })
+                .collect(),
         })
     }
 

@@ -7,7 +7,7 @@
 //! whose evaluation fails and a skipped `forbid` would otherwise let the
 //! step through.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{
     AuthorizationError, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
@@ -15,9 +15,8 @@ use cedar_policy::{
 };
 use serde_json::Value;
 
-use super::{ActionPolicies, CompiledTool, GATEWAY_ID, PolicyEngine};
+use super::{ActionPolicies, CompiledTool, GATEWAY_ID, PolicyEngine, PolicyTexts};
 use crate::arguments::convert::convert_arguments;
-use crate::load::{HOLD_ANNOTATION, REASON_ANNOTATION};
 
 use crate::{
     ARGUMENTS_POLICY_ID, Decision, Outcome, REQUEST_POLICY_ID, Step, StepRequest, TaskContext,
@@ -326,7 +325,7 @@ impl PolicyEngine {
         }
         let matched = sorted_ids(plain.diagnostics().reason());
         if plain.decision() == CedarDecision::Deny {
-            return denial(description, plain_set, matched);
+            return denial(description, &self.texts, matched);
         }
 
         let hold = self
@@ -337,7 +336,7 @@ impl PolicyEngine {
         }
         let hold_ids = sorted_ids(hold.diagnostics().reason());
         if !hold_ids.is_empty() {
-            return hold_outcome(description, &action.hold, hold_ids);
+            return hold_outcome(description, &self.texts, hold_ids);
         }
 
         Outcome {
@@ -510,13 +509,17 @@ fn evaluation_failure<'a>(
 
 /// Returns the denial by the plain policies: the matching forbids, or no
 /// matching permit.
-fn denial(description: &str, policies: &PolicySet, forbids: Vec<String>) -> Outcome {
+fn denial(
+    description: &str,
+    texts: &HashMap<String, PolicyTexts>,
+    forbids: Vec<String>,
+) -> Outcome {
     let reason = if forbids.is_empty() {
         format!("no policy permits {description}")
     } else {
         forbids
             .iter()
-            .find_map(|id| annotation(policies, id, REASON_ANNOTATION))
+            .find_map(|id| texts.get(id).and_then(|t| t.reason.clone()))
             .unwrap_or_else(|| format!("denied by policy {}", forbids.join(", ")))
     };
     Outcome {
@@ -528,10 +531,14 @@ fn denial(description: &str, policies: &PolicySet, forbids: Vec<String>) -> Outc
     }
 }
 
-fn hold_outcome(description: &str, policies: &PolicySet, hold_ids: Vec<String>) -> Outcome {
+fn hold_outcome(
+    description: &str,
+    texts: &HashMap<String, PolicyTexts>,
+    hold_ids: Vec<String>,
+) -> Outcome {
     let reason = hold_ids
         .iter()
-        .find_map(|id| annotation(policies, id, HOLD_ANNOTATION))
+        .find_map(|id| texts.get(id).and_then(|t| t.hold.clone()))
         .unwrap_or_else(|| {
             format!(
                 "{description} needs a human approval (policy {})",
@@ -545,13 +552,4 @@ fn hold_outcome(description: &str, policies: &PolicySet, hold_ids: Vec<String>) 
         errors: Vec::new(),
         arguments: None,
     }
-}
-
-/// Returns a non-empty annotation value of the policy with this id.
-fn annotation(policies: &PolicySet, id: &str, key: &str) -> Option<String> {
-    let id = cedar_policy::PolicyId::new(id);
-    policies
-        .annotation(&id, key)
-        .filter(|value| !value.trim().is_empty())
-        .map(str::to_owned)
 }
