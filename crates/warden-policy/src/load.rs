@@ -155,55 +155,39 @@ fn validate(
     // forbid scoped to the `call_tool` group with `==` instead of `in`)
     // never applies, and a string with mixed scripts or bidirectional
     // characters can hide what a policy compares against.
-    let mut problems: Vec<PolicyProblem> = result
-        .validation_warnings()
-        .map(|warning| {
-            let id = warning.policy_id();
-            let message = format!(
-                "{}; Warden rejects policies with validation warnings, so fix or remove it",
-                diagnostic_message(warning)
-            );
-            match by_id.get(id) {
-                Some(entry) => {
-                    let offset = first_label_offset(warning).unwrap_or(0);
-                    locate_problem(sources, entry.source, offset, message, id.as_ref())
-                }
-                None => PolicyProblem {
-                    file: String::new(),
-                    line: 0,
-                    column: 0,
-                    message,
-                    policy_id: id.to_string(),
-                },
-            }
-        })
-        .collect();
-    let errors: Vec<PolicyProblem> = result
-        .validation_errors()
-        .map(|error| {
-            let id = error.policy_id();
-            // Cedar opens each message with the policy id, which the
-            // problem already shows at its end.
-            let full = diagnostic_message(error);
-            let prefix = format!("for policy `{id}`, ");
-            let message = full.strip_prefix(&prefix).unwrap_or(&full).to_owned();
-            match by_id.get(id) {
-                Some(entry) => {
-                    let offset = first_label_offset(error).unwrap_or(0);
-                    locate_problem(sources, entry.source, offset, message, id.as_ref())
-                }
-                None => PolicyProblem {
-                    file: String::new(),
-                    line: 0,
-                    column: 0,
-                    message,
-                    policy_id: id.to_string(),
-                },
-            }
-        })
-        .collect();
-    problems.extend(errors);
-    collapse_repeats(problems)
+    let locate = |id: &PolicyId, offset: Option<usize>, message: String| match by_id.get(id) {
+        Some(entry) => locate_problem(
+            sources,
+            entry.source,
+            offset.unwrap_or(0),
+            message,
+            id.as_ref(),
+        ),
+        None => PolicyProblem {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            message,
+            policy_id: id.to_string(),
+        },
+    };
+    let warnings = result.validation_warnings().map(|warning| {
+        let message = format!(
+            "{}; Warden rejects policies with validation warnings, so fix or remove it",
+            diagnostic_message(warning)
+        );
+        locate(warning.policy_id(), first_label_offset(warning), message)
+    });
+    let errors = result.validation_errors().map(|error| {
+        let id = error.policy_id();
+        // Cedar opens each message with the policy id, which the problem
+        // already shows at its end.
+        let full = diagnostic_message(error);
+        let prefix = format!("for policy `{id}`, ");
+        let message = full.strip_prefix(&prefix).unwrap_or(&full).to_owned();
+        locate(id, first_label_offset(error), message)
+    });
+    collapse_repeats(warnings.chain(errors).collect())
 }
 
 /// Annotations Warden reads; any other is most likely a typo that would
