@@ -419,7 +419,15 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
-        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        // `warden.toml` alone has an empty parent; relative paths are then
+        // relative to the working directory, made absolute so that spawned
+        // servers resolve them the same way.
+        let base = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        config.resolve_relative_paths(&base);
         let problems = config.check();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {

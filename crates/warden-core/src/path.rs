@@ -18,6 +18,10 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// Most components a path argument may have, for the same reason.
 pub const MAX_PATH_COMPONENTS: usize = 256;
 
+/// Most bytes of path arguments in one call, summed over all of them, so
+/// that an array of long paths cannot multiply the work.
+pub const MAX_TOTAL_PATH_BYTES: usize = 64 * 1024;
+
 /// Returns why `path` is too long to decide on, or `None` when it is not.
 pub fn check_limits(path: &str) -> Option<String> {
     if path.len() > MAX_PATH_BYTES {

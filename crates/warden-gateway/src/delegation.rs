@@ -124,10 +124,8 @@ async fn exchange(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/x-www-form-urlencoded")
-    {
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return Err(OAuthError::new(
             "invalid_request",
             "send the token exchange as application/x-www-form-urlencoded (RFC 8693 section 2.1)",

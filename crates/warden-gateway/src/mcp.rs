@@ -315,6 +315,14 @@ async fn handle_request(
             )),
         );
     }
+    for name in [SESSION_HEADER, VERSION_HEADER] {
+        if headers.get_all(name).iter().count() > 1 {
+            return transport_error(
+                code::INVALID_REQUEST,
+                &format!("the {name} header appears more than once; send it once"),
+            );
+        }
+    }
     let era = if method == "initialize" {
         Era::Initializing
     } else if let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {

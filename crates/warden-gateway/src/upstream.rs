@@ -262,7 +262,22 @@ impl Upstream {
         let listed = match self.list_all("tools/list", "tools").await {
             Ok(listed) => listed,
             Err(error) => {
-                tracing::warn!(upstream = %self.name, %error, "cannot list tools to compare them with the pinned definitions");
+                // Unverified definitions could have changed, so every tool
+                // of this server is blocked until a listing succeeds; the
+                // next call tries again.
+                tracing::warn!(upstream = %self.name, %error, "cannot list tools to compare them with the pinned definitions; blocking the server's tools");
+                let reason = format!(
+                    "Warden cannot verify the tool definitions of upstream {} ({error}); retry shortly",
+                    self.name
+                );
+                let blocked = self
+                    .catalog()
+                    .tools
+                    .iter()
+                    .filter_map(|tool| tool.get("name").and_then(Value::as_str))
+                    .map(|name| (name.to_owned(), reason.clone()))
+                    .collect();
+                *self.blocked.write().unwrap_or_else(|e| e.into_inner()) = blocked;
                 return;
             }
         };

@@ -675,3 +675,36 @@ async fn transport_slow_headers_close_connection() {
     };
     assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[tokio::test]
+async fn transport_silent_connection_closed() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", warden.port))
+        .await
+        .expect("connect to the gateway");
+    // Not a single byte is sent.
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buffer))
+        .await
+        .expect("the gateway closes a silent connection within 15 s");
+
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn transport_repeated_session_headers_rejected() {
+    let warden = Warden::start(Setup::permissive()).await;
+    let session = warden.session(&warden.task().await).await;
+    let response = session
+        .post()
+        .header("mcp-protocol-version", "1999-01-01")
+        .body(json!({ "jsonrpc": "2.0", "id": 5, "method": "ping" }).to_string())
+        .send()
+        .await
+        .expect("POST /mcp");
+    let status = response.status().as_u16();
+    let reply: Value = response.json().await.expect("json");
+
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32600), "{reply}");
+}

@@ -445,11 +445,7 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
     let (detail, reply) = match result {
         Ok(Ok(mut result)) => (
             {
-                // Only Warden speaks under its decision key; an upstream
-                // that sets it could fake a refusal or a policy id.
-                if let Some(meta) = result.get_mut("_meta").and_then(Value::as_object_mut) {
-                    meta.remove(DECISION_META_KEY);
-                }
+                scrub_decision_key(&mut result);
                 json!({
                 "outcome": "result",
                 "is_error": result.get("isError").and_then(Value::as_bool).unwrap_or(false),
@@ -625,7 +621,10 @@ async fn decide_and_forward(
     let params = strip_envelope(params);
     let result = upstream.request(method, Some(params)).await;
     let (detail, reply) = match result {
-        Ok(Ok(result)) => (json!({ "outcome": "result" }), Ok(result)),
+        Ok(Ok(mut result)) => {
+            scrub_decision_key(&mut result);
+            (json!({ "outcome": "result" }), Ok(result))
+        }
         Ok(Err(error)) => (
             json!({ "outcome": "error", "error": error.error }),
             Err(upstream_rpc_error(error.error)),
@@ -672,6 +671,17 @@ async fn forward_plain(
             format!("{method} is served on /mcp/{{server}} only, where the server is unambiguous"),
         ));
     };
+    if !scope::allows_server(&context.claims.tools, upstream.name()) {
+        return Err(RpcError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "{method} on server {} is outside this task's scope ({}); start a task whose tools include {}__*",
+                upstream.name(),
+                context.claims.tools.join(", "),
+                upstream.name()
+            ),
+        ));
+    }
     // Forward only what the upstream offers and Warden advertises: Warden
     // relays no resource updates, so subscriptions are refused.
     let capability = match method {
@@ -713,7 +723,10 @@ async fn forward_plain(
         .request(method, Some(strip_envelope(params.clone())))
         .await
     {
-        Ok(Ok(result)) => Ok(result),
+        Ok(Ok(mut result)) => {
+            scrub_decision_key(&mut result);
+            Ok(result)
+        }
         Ok(Err(error)) => Err(upstream_rpc_error(error.error)),
         Err(error) => Err(RpcError::new(code::INTERNAL_ERROR, error.to_string())),
     }
@@ -810,7 +823,28 @@ fn strip_envelope(mut params: Value) -> Value {
     params
 }
 
-fn upstream_rpc_error(error: Value) -> RpcError {
+/// Removes Warden's decision key from everything an upstream sent, at any
+/// depth: only Warden speaks under it, and an upstream that set it could
+/// fake a refusal or a policy id.
+pub fn scrub_decision_key(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove(DECISION_META_KEY);
+            for child in map.values_mut() {
+                scrub_decision_key(child);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                scrub_decision_key(child);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn upstream_rpc_error(mut error: Value) -> RpcError {
+    scrub_decision_key(&mut error);
     RpcError {
         code: error
             .get("code")
@@ -872,4 +906,27 @@ pub fn refusal(
         "isError": true,
         "_meta": { DECISION_META_KEY: decision_json(claims, outcome, approval_id) },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_decision_key_at_any_depth() {
+        let mut value = json!({
+            "_meta": { DECISION_META_KEY: { "decision": "deny" }, "other": 1 },
+            "content": [{ "type": "text", "_meta": { DECISION_META_KEY: {} } }],
+            "data": { DECISION_META_KEY: "x" }
+        });
+        scrub_decision_key(&mut value);
+        assert_eq!(
+            value,
+            json!({
+                "_meta": { "other": 1 },
+                "content": [{ "type": "text", "_meta": {} }],
+                "data": {}
+            })
+        );
+    }
 }

@@ -248,6 +248,17 @@ impl Converter<'_> {
             }
             ArgType::Path => {
                 let text = value.as_str().ok_or_else(mismatch)?;
+                let total: usize = self.paths.iter().map(String::len).sum::<usize>() + text.len();
+                if total > warden_core::path::MAX_TOTAL_PATH_BYTES {
+                    return Err(ArgumentError::Mismatch {
+                        location: location.to_owned(),
+                        expected: format!(
+                            "paths of at most {} bytes in all in one call",
+                            warden_core::path::MAX_TOTAL_PATH_BYTES
+                        ),
+                        found: format!("{total} bytes so far"),
+                    });
+                }
                 if let Some(expected) = warden_core::path::check_limits(text) {
                     return Err(ArgumentError::Mismatch {
                         location: location.to_owned(),
