@@ -42,7 +42,7 @@ pub enum ConfigError {
     Parse {
         /// Path of the file.
         path: PathBuf,
-        /// What the parser reported, with line and column.
+        /// Parser message, with line and column.
         message: String,
     },
     /// The file parsed but some values are invalid.
@@ -376,7 +376,7 @@ pub struct ToolConfig {
     pub path_arguments: Option<Vec<String>>,
 }
 
-/// How Warden reaches an upstream.
+/// Transport to an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport<'a> {
     /// A child process speaking newline-delimited JSON-RPC on stdio.
@@ -458,7 +458,7 @@ impl Config {
         })
     }
 
-    /// The data directory for keys and the default database.
+    /// Returns the data directory for keys and the default database.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {
             return dir.clone();
@@ -466,7 +466,7 @@ impl Config {
         default_data_dir()
     }
 
-    /// The SQLite database path.
+    /// Returns the SQLite database path.
     pub fn store_path(&self) -> PathBuf {
         self.store
             .path

@@ -616,8 +616,8 @@ fn reply(session: Option<&str>, id: &Value, outcome: Result<Value, RpcError>) ->
     response
 }
 
-/// A transport-level rejection: HTTP 400 with a JSON-RPC error whose id is
-/// null, since the request id could not be trusted.
+/// Builds a transport-level rejection: HTTP 400 with a JSON-RPC error whose
+/// id is null, because the request id could not be trusted.
 fn transport_error(code: i64, message: &str) -> Response {
     let body =
         json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });

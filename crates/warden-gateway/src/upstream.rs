@@ -51,7 +51,7 @@ pub enum UpstreamError {
     Config {
         /// Server name.
         server: String,
-        /// What does not match and how to fix it.
+        /// The mismatch and its fix.
         detail: String,
     },
     /// The server sent something that is not valid MCP.
@@ -59,7 +59,7 @@ pub enum UpstreamError {
     Protocol {
         /// Server name.
         server: String,
-        /// What was wrong.
+        /// Description of the problem.
         detail: String,
     },
 }
@@ -75,7 +75,7 @@ pub struct RpcError {
 /// member of the server's response.
 pub type RpcOutcome = Result<Value, RpcError>;
 
-/// What an upstream offered at start.
+/// Tools, resources and prompts an upstream offered at start.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     /// The `initialize` result (protocol version, capabilities, serverInfo).
@@ -323,7 +323,7 @@ impl Upstream {
             .cloned()
     }
 
-    /// The catalog taken at start.
+    /// Returns the catalog taken at start.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog
             .read()

@@ -35,7 +35,7 @@ pub struct Context<'a> {
     pub request_id: &'a Value,
 }
 
-/// What a method produced.
+/// Result of one method: a result, an error, or an opened session.
 pub enum Outcome {
     /// A result.
     Result(Value),
@@ -199,7 +199,7 @@ fn reachable(context: &Context<'_>) -> Vec<Arc<Upstream>> {
     }
 }
 
-/// The name an endpoint shows for an upstream item.
+/// Returns the name an endpoint shows for an upstream item.
 fn public_name(context: &Context<'_>, server: &str, name: &str) -> String {
     match context.server {
         Some(_) => name.to_owned(),
@@ -793,7 +793,7 @@ fn out_of_scope(context: &Context<'_>, what: &str) -> PolicyOutcome {
     }
 }
 
-/// The `_meta` of a call that is forwarded: the client's own, without the
+/// Returns the `_meta` of a forwarded call: the client's own, without the
 /// 2026-07-28 envelope keys that a handshake-era upstream does not expect.
 fn forwardable_meta(params: &Value) -> Option<Value> {
     let meta = params.get("_meta")?.as_object()?;

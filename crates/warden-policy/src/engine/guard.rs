@@ -237,7 +237,7 @@ fn path_test(expression: &Value) -> Option<(String, String)> {
     Some((argument.to_owned(), directory.to_owned()))
 }
 
-/// What is known about a tool and the engine when policies are loaded.
+/// Facts about a tool and the engine that are fixed when policies load.
 pub(crate) struct StaticFacts<'a> {
     pub(crate) name: &'a str,
     pub(crate) server: &'a str,
@@ -313,7 +313,7 @@ fn static_value(expression: &Value, facts: &StaticFacts<'_>) -> Option<bool> {
     }
 }
 
-/// The value of `resource.name|server|tool` or `context.environment`.
+/// Returns the value of `resource.name|server|tool` or `context.environment`.
 fn static_string<'a>(expression: &Value, facts: &StaticFacts<'a>) -> Option<&'a str> {
     if let Some(attribute) = resource_attribute(expression) {
         return match attribute {
