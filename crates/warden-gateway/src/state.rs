@@ -94,21 +94,31 @@ impl TaskTable {
 
     /// Records a status.
     pub fn set(&self, task_id: &str, status: TaskStatus) {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task_id.to_owned(), status);
+        let mut entries = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        bound(&mut entries);
+        entries.insert(task_id.to_owned(), status);
     }
 
     /// Records `Active` for a task just created, unless a revocation of it
     /// landed first: a parent can be ended while its child is being created,
     /// and the revocation must win.
     pub fn set_active_if_absent(&self, task_id: &str) {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut entries = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        bound(&mut entries);
+        entries
             .entry(task_id.to_owned())
             .or_insert(TaskStatus::Active);
+    }
+}
+
+/// Most tasks whose status is cached before the cache is emptied.
+pub const MAX_CACHED_TASKS: usize = 200_000;
+
+/// Empties a full cache. The store holds every task and revocation, so a
+/// dropped entry is read again on the task's next request.
+fn bound(entries: &mut HashMap<String, TaskStatus>) {
+    if entries.len() >= MAX_CACHED_TASKS {
+        entries.clear();
     }
 }
 

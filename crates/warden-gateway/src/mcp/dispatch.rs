@@ -145,6 +145,7 @@ fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
     };
     let Some(session) = context.state.sessions.create(
         &context.claims.task_id,
+        crate::delegation::acting_agent(context.claims),
         context.server,
         version,
         context.claims.exp,
@@ -153,9 +154,10 @@ fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
         return Outcome::Error(RpcError::new(
             code::INVALID_REQUEST,
             format!(
-                "task {} already has {} open sessions (or the gateway holds {}); close one with DELETE /mcp",
+                "too many open sessions for task {}: at most {} per task, {} per agent and {} in all; close one with DELETE /mcp",
                 context.claims.task_id,
                 super::session::MAX_SESSIONS_PER_TASK,
+                super::session::MAX_SESSIONS_PER_AGENT,
                 super::session::MAX_SESSIONS
             ),
         ));

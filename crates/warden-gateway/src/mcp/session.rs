@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// Most sessions one task may hold open at once.
 pub const MAX_SESSIONS_PER_TASK: usize = 64;
+/// Most sessions one agent may hold open at once, across its tasks.
+pub const MAX_SESSIONS_PER_AGENT: usize = 1024;
 /// Most sessions open at once across all tasks.
 pub const MAX_SESSIONS: usize = 65_536;
 
@@ -23,6 +25,8 @@ pub struct Session {
     pub id: String,
     /// Task that opened the session.
     pub task_id: String,
+    /// Agent acting with the task's token.
+    pub agent: String,
     /// Server of `/mcp/{server}`, or `None` for `/mcp`.
     pub server: Option<String>,
     /// Negotiated protocol revision.
@@ -71,10 +75,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session for a task; `None` when the task holds too many.
+    /// Opens a session for a task; `None` when the task, its agent or the
+    /// gateway holds too many.
     pub fn create(
         &self,
         task_id: &str,
+        agent: &str,
         server: Option<&str>,
         protocol_version: &str,
         expires_at: i64,
@@ -83,13 +89,18 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Sessions of expired tasks are useless; they go when new ones come.
         map.retain(|_, session| session.expires_at >= now);
-        let open = map.values().filter(|s| s.task_id == task_id).count();
-        if open >= MAX_SESSIONS_PER_TASK || map.len() >= MAX_SESSIONS {
+        let of_task = map.values().filter(|s| s.task_id == task_id).count();
+        let of_agent = map.values().filter(|s| s.agent == agent).count();
+        if of_task >= MAX_SESSIONS_PER_TASK
+            || of_agent >= MAX_SESSIONS_PER_AGENT
+            || map.len() >= MAX_SESSIONS
+        {
             return None;
         }
         let session = Arc::new(Session {
             id: uuid::Uuid::new_v4().simple().to_string(),
             task_id: task_id.to_owned(),
+            agent: agent.to_owned(),
             server: server.map(str::to_owned),
             protocol_version: protocol_version.to_owned(),
             expires_at,
