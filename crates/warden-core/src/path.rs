@@ -96,9 +96,17 @@ pub fn ancestors(normalized: &str) -> Vec<String> {
 /// Returns true when `path` equals `directory` or lies below it, comparing
 /// whole components after normalising both.
 pub fn is_within(path: &str, directory: &str) -> bool {
-    let path = normalize(path);
-    let directory = normalize(directory);
-    path == directory || ancestors(&path).contains(&directory)
+    is_within_normalized(&normalize(path), &normalize(directory))
+}
+
+/// Returns true when the already normalised `path` equals `directory` or
+/// lies below it, comparing whole components without allocating.
+pub fn is_within_normalized(path: &str, directory: &str) -> bool {
+    match path.strip_prefix(directory) {
+        Some("") => true,
+        Some(rest) => directory.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +139,26 @@ mod tests {
         assert_eq!(ancestors("/a/b/c"), vec!["/a/b", "/a", "/"]);
         assert!(ancestors("/").is_empty());
         assert!(ancestors("rel/x").is_empty());
+    }
+
+    #[test]
+    fn is_within_normalized_matches_ancestors() {
+        for (path, directory) in [
+            ("/srv/data/a", "/srv/data"),
+            ("/srv/data", "/srv/data"),
+            ("/srv/data_private/a", "/srv/data"),
+            ("/srv/data/a", "/"),
+            ("/", "/"),
+            ("/srv", "/srv/data"),
+            ("rel/a", "/"),
+        ] {
+            let by_ancestors = path == directory || ancestors(path).contains(&directory.to_owned());
+            assert_eq!(
+                is_within_normalized(path, directory),
+                by_ancestors,
+                "{path} in {directory}"
+            );
+        }
     }
 
     #[test]

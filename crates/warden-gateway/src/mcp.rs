@@ -198,13 +198,8 @@ async fn handle_post(
         Err(error) => return error.into_mcp_response(),
     };
     let limit = state.config.limits.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return ApiError::PayloadTooLarge(limit).into_mcp_response();
-    }
+    // A declared Content-Length over the limit was already answered with
+    // 413 by the Host and Origin middleware, which runs for every route.
     let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
