@@ -13,7 +13,7 @@ use crate::{Config, Transport};
 pub struct Problem {
     /// Dotted key of the setting, e.g. `upstreams.fs.url`.
     pub key: String,
-    /// What is wrong and how to fix it.
+    /// The problem and its fix.
     pub message: String,
 }
 

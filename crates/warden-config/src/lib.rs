@@ -242,10 +242,10 @@ pub struct LimitsConfig {
     /// body or one SSE event), in bytes.
     #[serde(default = "default_max_body")]
     pub max_upstream_message_bytes: usize,
-    /// Time an upstream has to answer one request, in seconds.
+    /// Time an upstream has to respond to one request, in seconds.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_seconds: u64,
-    /// Time an upstream has to start and answer `initialize`, in seconds.
+    /// Time an upstream has to start and respond to `initialize`, in seconds.
     #[serde(default = "default_start_timeout")]
     pub start_timeout_seconds: u64,
 }
@@ -266,7 +266,7 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalsConfig {
     /// How long a held call's request waits for a decision before the agent
-    /// gets the hold refusal, in seconds (0 answers at once).
+    /// gets the hold refusal, in seconds (0 returns the refusal at once).
     #[serde(default = "default_approval_wait")]
     pub wait_seconds: u64,
     /// How long an approval request stays open, in seconds; an approval
@@ -300,9 +300,9 @@ impl Default for ApprovalsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationConfig {
-    /// Most hops below a root task; an exchange that would go deeper is
-    /// refused whatever the policies say. Policies can set a lower bound
-    /// with `context.depth`.
+    /// Maximum number of hops below a root task. An exchange that would go
+    /// deeper is rejected whatever the policies decide, and policies can
+    /// set a lower limit with `context.depth`.
     #[serde(default = "default_max_depth")]
     pub max_depth: u32,
 }

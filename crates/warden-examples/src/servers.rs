@@ -146,7 +146,7 @@ impl Server {
         }
     }
 
-    /// The `testkit` echo tool's description: the text of
+    /// Returns the `testkit` echo tool's description: the text of
     /// `ROOT/echo-description.txt` when present, so tests can change a
     /// tool's definition between two starts of the server.
     fn echo_description(&self) -> String {

@@ -37,11 +37,11 @@ use crate::audit;
 use crate::auth::{ApiError, authenticate_admin, format_time, now_unix};
 use crate::state::AppState;
 
-/// Longest time between two checks of an approval while a call waits, so a
+/// Maximum time between two checks of an approval while a call waits, so a
 /// decision made on another replica is seen without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What to do with a held call.
+/// Resolution of a held call.
 pub enum Resolution {
     /// An approval for this exact call was used; run the call.
     Proceed {
@@ -126,11 +126,7 @@ pub async fn resolve(
     // call used first is gone, and the second round opens a new one.
     for _ in 0..2 {
         let now = now_unix();
-        let candidate = new_request(&step, arguments, &hash, outcome, now);
-        let (record, created) = store.open_approval(&candidate, now).await?;
-        if created {
-            announce(&step, &record, outcome);
-        }
+        let record = open_request(&step, arguments, &hash, outcome, now).await?;
         match record.status {
             ApprovalStatus::Approved => {
                 if store.consume_approval(&record.approval_id, now).await? {
@@ -154,16 +150,28 @@ pub async fn resolve(
             },
         }
     }
-    let now = now_unix();
-    let candidate = new_request(&step, arguments, &hash, outcome, now);
-    let (record, created) = store.open_approval(&candidate, now).await?;
-    if created {
-        announce(&step, &record, outcome);
-    }
+    let record = open_request(&step, arguments, &hash, outcome, now_unix()).await?;
     Ok(Resolution::Refuse {
         approval_id: record.approval_id,
         status: record.status,
     })
+}
+
+/// Returns the open request of this exact call, opening and announcing a
+/// new one when there is none.
+async fn open_request(
+    step: &Held<'_>,
+    arguments: &Value,
+    hash: &str,
+    outcome: &PolicyOutcome,
+    now: i64,
+) -> Result<ApprovalRecord, StoreError> {
+    let candidate = new_request(step, arguments, hash, outcome, now);
+    let (record, created) = step.state.store.open_approval(&candidate, now).await?;
+    if created {
+        announce(step, &record, outcome);
+    }
+    Ok(record)
 }
 
 /// The held call being resolved.

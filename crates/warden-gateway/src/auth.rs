@@ -13,7 +13,7 @@ use warden_identity::{SvidClaims, TaskClaims};
 
 use crate::state::{AppState, TaskStatus};
 
-/// An error answered by a JSON endpoint.
+/// An error returned by a JSON endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401: missing, malformed, expired, revoked or foreign credential.
@@ -193,7 +193,7 @@ pub async fn check_live(state: &AppState, claims: &TaskClaims) -> Result<(), Api
                 },
             };
             // A revocation recorded while the store was read wins over
-            // the older "active" answer.
+            // the older "active" result.
             match status {
                 TaskStatus::Active => state.tasks.set_active_if_absent(&claims.task_id),
                 other => state.tasks.set(&claims.task_id, other),

@@ -31,7 +31,7 @@ pub const TASK_TOKEN_ISSUER: &str = "warden";
 
 /// Inputs of [`Gateway::build`] besides the configuration.
 pub struct GatewayOptions {
-    /// Where policies come from.
+    /// Source of the policies.
     pub policy_source: PolicySource,
     /// Admin bearer token; admin endpoints are closed without one.
     pub admin_token: Option<String>,
@@ -186,12 +186,12 @@ impl Gateway {
         })
     }
 
-    /// The bound address (useful with port 0).
+    /// Returns the bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The shared state.
+    /// Returns the shared state.
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }

@@ -23,7 +23,7 @@ pub struct AppState {
     pub issuer: String,
     /// Issues and verifies task tokens.
     pub tokens: TaskTokens,
-    /// Where policies come from, for reloads.
+    /// Source of the policies, for reloads.
     pub policy_source: PolicySource,
     /// The current policy engine; replaced whole on reload.
     pub engine: RwLock<Arc<PolicyEngine>>,
@@ -64,7 +64,7 @@ impl AppState {
     }
 }
 
-/// Revocation state of a task as this process knows it.
+/// Revocation state of a task as cached by this process.
 #[derive(Debug, Clone)]
 pub enum TaskStatus {
     /// The task is live.
@@ -111,10 +111,10 @@ impl TaskTable {
     }
 }
 
-/// Most tasks whose status is cached before the cache is emptied.
+/// Maximum number of tasks whose status is cached before the cache is emptied.
 pub const MAX_CACHED_TASKS: usize = 200_000;
 
-/// Empties a full cache. The store holds every task and revocation, so a
+/// Empties a full cache. The store contains every task and revocation, so a
 /// dropped entry is read again on the task's next request.
 fn bound(entries: &mut HashMap<String, TaskStatus>) {
     if entries.len() >= MAX_CACHED_TASKS {
@@ -122,7 +122,7 @@ fn bound(entries: &mut HashMap<String, TaskStatus>) {
     }
 }
 
-/// Most entries in [`VerifiedTokens`] before it is emptied.
+/// Maximum number of entries in [`VerifiedTokens`] before it is emptied.
 pub const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 /// Cache of task tokens whose signature checked out, keyed by the exact

@@ -7,7 +7,7 @@
 //! upstream, and it keeps a catalog of the server's tools, resources and
 //! prompts taken at start.
 //!
-//! An upstream that crashes or stops answering within its timeout fails the
+//! An upstream that crashes or does not respond within its timeout fails the
 //! calls in flight with an error; the next call starts it again.
 
 pub mod http;
@@ -28,7 +28,7 @@ pub const UPSTREAM_PROTOCOL_VERSION: &str = "2025-11-25";
 /// Error from one upstream request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
-    /// The server did not answer within its timeout.
+    /// The server did not respond within its timeout.
     #[error("upstream {server} did not answer {method} within {seconds} s")]
     Timeout {
         /// Server name.

@@ -133,7 +133,7 @@ pub enum ApprovalsCommand {
 pub enum TraceCommand {
     /// List recent traces, newest first.
     List {
-        /// Most traces to list (at least 1).
+        /// Maximum number of traces to list (at least 1).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
     },

@@ -286,7 +286,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 }
 
 /// Exchanges the delegating task's token for one of `scope` for the
-/// agent of `actor_svid` (RFC 8693), returning the JSON answer.
+/// agent of `actor_svid` (RFC 8693), returning the JSON response.
 async fn exchange(
     http: &reqwest::Client,
     base: &str,
@@ -334,7 +334,7 @@ fn url_encode(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// Plays the human approver: approves every pending request it sees.
+/// Plays the human approver: approves every pending request it lists.
 async fn approve_pending(http: reqwest::Client, base: String, admin_token: String) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

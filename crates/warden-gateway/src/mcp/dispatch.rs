@@ -2,7 +2,7 @@
 //!
 //! Listing methods gather from the upstreams in reach of the endpoint and
 //! show only what the task may use. `tools/call`, `resources/read` and
-//! `prompts/get` are decided by policy before the upstream sees them; a
+//! `prompts/get` are decided by policy before they reach the upstream; a
 //! refused call gets a `CallToolResult` with `isError: true`, a sentence the
 //! model can act on, and the decision under [`DECISION_META_KEY`] in
 //! `_meta`. Methods Warden does not know are rejected, not forwarded.

@@ -76,7 +76,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens a session for a task; `None` when the task, its agent or the
-    /// gateway holds too many.
+    /// gateway already has too many.
     pub fn create(
         &self,
         task_id: &str,

@@ -1,6 +1,6 @@
 //! Streamable HTTP upstreams.
 //!
-//! Warden first asks the upstream with `server/discover` whether it speaks
+//! Warden first probes the upstream with `server/discover` to learn whether it speaks
 //! the stateless revision 2026-07-28. If it does, every request carries the
 //! per-request `_meta` envelope and its mirrored headers, and there is no
 //! session. Otherwise (any error, including 404 or a JSON-RPC error) Warden
@@ -415,7 +415,7 @@ impl HttpClient {
             }})
         };
         if let Err(error) = self.post_raw(session, &reply).await {
-            tracing::debug!(upstream = %self.server, %error, "answer to server request not delivered");
+            tracing::debug!(upstream = %self.server, %error, "response to a server request not delivered");
         }
     }
 

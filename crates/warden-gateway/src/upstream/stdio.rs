@@ -82,7 +82,7 @@ struct Process {
 pub struct StdioClient {
     settings: StdioSettings,
     /// Bumped on every (re)start and every `notifications/tools/list_changed`,
-    /// so the upstream knows to compare the tool list again.
+    /// so the upstream compares the tool list again.
     changes: Arc<AtomicU64>,
     process: tokio::sync::Mutex<Option<Arc<Process>>>,
     current: Mutex<Option<Arc<Process>>>,
@@ -454,7 +454,7 @@ async fn read_messages(
             }
             (Some(id), Some(method)) => {
                 // NOTE: server-to-client requests are not relayed to agents
-                // over stdio; Warden answers ping and rejects the rest.
+                // over stdio; Warden responds to ping and rejects the rest.
                 let reply = if method == "ping" {
                     json!({ "jsonrpc": "2.0", "id": id, "result": {} })
                 } else {

@@ -12,7 +12,7 @@
 //! policy stays in, and Cedar reports the missing attribute as it would.
 //!
 //! The policy sets for each combination of satisfied guards are built once
-//! and cached, since a tool sees few distinct directory combinations.
+//! and cached, because a tool meets few distinct directory combinations.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -93,9 +93,9 @@ impl PathGuard {
         let Some((_, path)) = paths.iter().find(|(name, _)| *name == self.argument) else {
             return true;
         };
-        self.directories.iter().any(|directory| {
-            path == directory || warden_core::path::ancestors(path).contains(directory)
-        })
+        self.directories
+            .iter()
+            .any(|directory| warden_core::path::is_within_normalized(path, directory))
     }
 }
 
@@ -168,7 +168,8 @@ fn collect_conjuncts<'a>(expression: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// A leading test that never raises an error on a tool call.
+/// A leading presence or type test. Neither raises an error once the
+/// guarded argument is present, which is the only case a guard prunes.
 enum Presence {
     /// `context has arguments` or `context.arguments has NAME`.
     Has,
