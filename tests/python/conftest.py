@@ -149,11 +149,13 @@ def write_config(
     upstreams: dict[str, dict[str, Any]],
     policies: dict[str, str] | None,
     tasks: dict[str, int] | None = None,
+    extra: str = "",
 ) -> Path:
     """Write warden.toml and the policy files into `directory`.
 
     Without `policies` no policy directory is configured, which is valid only
     without upstreams (Warden then serves its bundled example servers).
+    `extra` is TOML text appended as it is, for sections such as `[llm.NAME]`.
     """
     lines = [
         f"data_dir = {toml_value(str(directory / 'state'))}",
@@ -175,7 +177,7 @@ def write_config(
         lines += ["", f"[upstreams.{name}]"]
         lines += [f"{key} = {toml_value(value)}" for key, value in settings.items()]
     path = directory / "warden.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -325,7 +327,8 @@ StartGateway = Callable[..., Gateway]
 def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
     """Return a function that writes a config, starts `warden serve` and waits for /healthz.
 
-    Its arguments are those of `write_config` after the directory and port.
+    Its arguments are those of `write_config` after the directory and port,
+    then `env`: extra environment variables for `warden serve`.
     Every gateway started is stopped at the end of the module.
     """
     binary = warden_bin()
@@ -335,12 +338,17 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
         upstreams: dict[str, dict[str, Any]],
         policies: dict[str, str] | None,
         tasks: dict[str, int] | None = None,
+        extra: str = "",
+        env: dict[str, str] | None = None,
     ) -> Gateway:
         directory = tmp_path_factory.mktemp("gateway")
         port = free_port()
-        config_path = write_config(directory, port, upstreams, policies, tasks)
+        config_path = write_config(directory, port, upstreams, policies, tasks, extra)
         managed = spawn(
-            "warden", [str(binary), "serve", "--config", str(config_path)], directory
+            "warden",
+            [str(binary), "serve", "--config", str(config_path)],
+            directory,
+            env,
         )
         gateway = Gateway(config_path, port, managed)
         started.append(gateway)

@@ -101,6 +101,18 @@ pub struct Config {
     /// as `{name}__{tool}` and selects it in `/mcp/{name}`.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Plain HTTP API routes by name, served at `/http/{name}/...`.
+    #[serde(default)]
+    pub http: BTreeMap<String, RouteConfig>,
+    /// Model API providers by name, served at `/llm/{name}/...`.
+    #[serde(default)]
+    pub llm: BTreeMap<String, ModelProviderConfig>,
+    /// Audit log settings: argument redaction and signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Export of trace spans over OTLP/HTTP and to a JSON-lines file.
+    #[serde(default)]
+    pub export: ExportConfig,
     /// Directory for keys and the default SQLite database. Defaults to
     /// `$WARDEN_DATA_DIR`, then `$XDG_DATA_HOME/warden`, then
     /// `~/.local/share/warden`.
@@ -211,6 +223,17 @@ pub struct PolicyConfig {
     /// Environment name passed to policies as `context.environment`.
     #[serde(default = "default_environment")]
     pub environment: String,
+    /// `enforce` (default) applies decisions; `shadow` records what the
+    /// policies would deny or hold and lets every step through. Built-in
+    /// refusals (task scope, unknown or changed tools, malformed
+    /// arguments) are enforced in both modes.
+    #[serde(default)]
+    pub mode: PolicyMode,
+    /// A second policy directory evaluated beside the enforced one on every
+    /// step; its decisions are recorded as `shadow` in the trace and never
+    /// enforced, so a candidate set can be tried on live traffic.
+    #[serde(default)]
+    pub shadow_dir: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -218,17 +241,62 @@ impl Default for PolicyConfig {
         PolicyConfig {
             dir: None,
             environment: default_environment(),
+            mode: PolicyMode::default(),
+            shadow_dir: None,
         }
     }
 }
 
-/// Durable store settings.
+/// Whether policy decisions are applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Decisions are applied.
+    #[default]
+    Enforce,
+    /// Decisions are recorded, not applied.
+    Shadow,
+}
+
+/// Durable store settings: an SQLite file (the default), or a PostgreSQL
+/// database that several gateway replicas share.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite database file. Defaults to `warden.db` in the data directory.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// PostgreSQL connection URL, `postgres://USER@HOST:PORT/DATABASE`.
+    /// Selects the PostgreSQL store; excludes `path` and `url_env`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable that holds the PostgreSQL connection URL, for
+    /// a URL with a password. Selects the PostgreSQL store; excludes
+    /// `path` and `url`.
+    #[serde(default)]
+    pub url_env: Option<String>,
+}
+
+impl StoreConfig {
+    /// Returns the PostgreSQL URL from `url` or from the variable that
+    /// `url_env` names, or `None` when the SQLite store is configured.
+    ///
+    /// Fails when `url_env` names a variable that is unset or empty. The
+    /// message names the variable, never its value.
+    pub fn postgres_url(&self) -> Result<Option<String>, String> {
+        if let Some(url) = &self.url {
+            return Ok(Some(url.clone()));
+        }
+        let Some(variable) = &self.url_env else {
+            return Ok(None);
+        };
+        match std::env::var(variable) {
+            Ok(url) if !url.trim().is_empty() => Ok(Some(url)),
+            _ => Err(format!(
+                "store.url_env names {variable}, which is not set; export the PostgreSQL URL in it"
+            )),
+        }
+    }
 }
 
 /// Size limits and timeouts.
@@ -361,6 +429,128 @@ pub struct UpstreamConfig {
     /// Operator metadata per tool, keyed by the server's own tool name.
     #[serde(default)]
     pub tools: BTreeMap<String, ToolConfig>,
+    /// Credential that Warden injects: a header on every request to a
+    /// `url` server, or an environment variable of a spawned `command`.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+}
+
+/// How Warden authenticates to an upstream on the agent's behalf. The agent
+/// never holds the secret; its own `Authorization` and `Cookie` headers are
+/// never forwarded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// `bearer` (`Authorization: Bearer SECRET`), `header` (`header: SECRET`),
+    /// `basic` (`username` and SECRET as password), `env` (SECRET in the
+    /// environment variable `env` of a spawned server) or `txn_token` (a
+    /// short-lived JWT per task, signed by Warden, in the `Txn-Token` header
+    /// or the header named by `header`).
+    pub kind: CredentialKind,
+    /// Environment variable holding the secret, read on each use.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret, read on each use, so a rotated secret
+    /// takes effect without a restart.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Header name for `header` (e.g. `X-Api-Key`) and, optionally,
+    /// `txn_token`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// User name for `basic`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Variable name for `env`.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Audience of `txn_token` tokens; defaults to the upstream's origin.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Lifetime of `txn_token` tokens in seconds, never beyond the task's
+    /// expiry (default 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The kind of a [`CredentialConfig`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// `Authorization: Bearer SECRET`.
+    #[default]
+    Bearer,
+    /// A named header carrying SECRET.
+    Header,
+    /// HTTP basic authentication with `username` and SECRET.
+    Basic,
+    /// An environment variable of a spawned server.
+    Env,
+    /// A per-task JWT minted by Warden.
+    TxnToken,
+}
+
+impl CredentialKind {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Bearer => "bearer",
+            CredentialKind::Header => "header",
+            CredentialKind::Basic => "basic",
+            CredentialKind::Env => "env",
+            CredentialKind::TxnToken => "txn_token",
+        }
+    }
+}
+
+/// One plain HTTP API that agents reach through `/http/{name}/...`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Base URL of the API, e.g. `https://api.example.com/v1`. The
+    /// normalised path after `/http/{name}` is appended to it.
+    pub url: String,
+    /// Methods agents may use; empty allows GET, HEAD, POST, PUT, PATCH
+    /// and DELETE.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Classes such as `read` or `external-send`, seen by policies as
+    /// `resource.classes`.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Labels of what the route returns, as for tools.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Names of query parameters that policies see as
+    /// `context.query.NAME` (strings); other parameters are forwarded and
+    /// listed in `context.query_names`.
+    #[serde(default)]
+    pub query_params: Vec<String>,
+    /// JSON Schema of JSON request bodies, as a table or a path to a JSON
+    /// file. Policies see the body, converted to its types as tool
+    /// arguments are, as `context.body`.
+    #[serde(default)]
+    pub body_schema: Option<toml::Value>,
+    /// Allow loopback, private and link-local destinations (an internal
+    /// API). Cloud metadata addresses stay denied.
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Request headers passed on besides `Content-Type`, `Accept`,
+    /// `Accept-Language`, `If-Match`, `If-None-Match` and
+    /// `Idempotency-Key`.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Redirects followed within the upstream's origin (default 5); a
+    /// redirect to another origin is returned to the agent, never followed.
+    #[serde(default)]
+    pub max_redirects: Option<usize>,
+    /// Per-request timeout in seconds; overrides
+    /// `limits.call_timeout_seconds`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Credential that Warden injects.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
 }
 
 /// Operator metadata for one tool.
@@ -374,6 +564,168 @@ pub struct ToolConfig {
     /// treats arguments with common path names (`path`, `source`, ...) so.
     #[serde(default)]
     pub path_arguments: Option<Vec<String>>,
+    /// Labels of what the tool returns, such as `untrusted-content`,
+    /// `sensitive` or `secret`; a task that called the tool carries them
+    /// in `context.memory.labels` from then on.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Top-level numeric arguments whose values a task sums across its
+    /// calls, e.g. `amount`, seen as `context.memory.sums.NAME`.
+    #[serde(default)]
+    pub sum_arguments: Vec<String>,
+}
+
+/// The API dialect of a model provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible `POST /v1/chat/completions`.
+    Openai,
+    /// Anthropic `POST /v1/messages`.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// Returns the lowercase name used in the config and in spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// One model API provider that agents reach through `/llm/{name}/...`.
+///
+/// The provider's API key is read from `api_key_env` or `api_key_file` on
+/// every call, so a rotated key is used without a restart. It is injected
+/// upstream and never returned, logged or stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelProviderConfig {
+    /// API dialect: `openai` or `anthropic`.
+    pub kind: ProviderKind,
+    /// Base URL of the provider, e.g. `https://api.openai.com`. The path
+    /// after `/llm/{name}` is appended to it.
+    pub base_url: String,
+    /// Environment variable holding the provider's API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the provider's API key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Models agents may call; empty leaves the choice to policy.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Maximum model calls per task, delegated tasks included.
+    #[serde(default)]
+    pub max_calls_per_task: Option<u64>,
+    /// Maximum input plus output tokens per task, delegated tasks included.
+    /// A call that starts under the budget may end over it; the next call
+    /// is refused.
+    #[serde(default)]
+    pub max_tokens_per_task: Option<u64>,
+    /// Per-call timeout, in seconds (default 300).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Replace argument values in audit records and exported spans with
+    /// their SHA-256; decisions are still made on the values.
+    #[serde(default)]
+    pub redact_arguments: bool,
+    /// Seconds between signed checkpoints of the audit chain's head; 0
+    /// turns periodic checkpoints off (one is still written at shutdown).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            redact_arguments: false,
+            checkpoint_interval_seconds: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// Export of trace spans. Export never blocks a request: spans wait in a
+/// bounded queue, and spans that do not fit are dropped, counted in
+/// `/metrics` and logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    /// Spans are posted as OTLP JSON.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Extra headers for the OTLP endpoint, e.g. an API key header of a
+    /// tracing backend; values are read from the environment variable
+    /// named by each entry.
+    #[serde(default)]
+    pub otlp_headers_env: BTreeMap<String, String>,
+    /// File that receives every committed audit record and checkpoint as
+    /// one JSON object per line.
+    #[serde(default)]
+    pub jsonl_path: Option<PathBuf>,
+    /// `service.name` resource attribute of exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans waiting for export before new ones are dropped.
+    #[serde(default = "default_export_queue")]
+    pub queue_capacity: usize,
+    /// Maximum spans per OTLP request.
+    #[serde(default = "default_export_batch")]
+    pub batch_max_spans: usize,
+    /// Longest time a span waits before its batch is sent, in milliseconds.
+    #[serde(default = "default_export_interval")]
+    pub batch_interval_ms: u64,
+    /// Timeout of one OTLP request, in seconds.
+    #[serde(default = "default_export_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            otlp_endpoint: None,
+            otlp_headers_env: BTreeMap::new(),
+            jsonl_path: None,
+            service_name: default_service_name(),
+            queue_capacity: default_export_queue(),
+            batch_max_spans: default_export_batch(),
+            batch_interval_ms: default_export_interval(),
+            timeout_seconds: default_export_timeout(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
+}
+
+fn default_service_name() -> String {
+    "warden".into()
+}
+
+fn default_export_queue() -> usize {
+    8192
+}
+
+fn default_export_batch() -> usize {
+    512
+}
+
+fn default_export_interval() -> u64 {
+    1000
+}
+
+fn default_export_timeout() -> u64 {
+    10
 }
 
 /// Transport to an upstream.
@@ -488,6 +840,9 @@ impl Config {
         if let Some(dir) = &mut self.policy.dir {
             resolve(dir);
         }
+        if let Some(dir) = &mut self.policy.shadow_dir {
+            resolve(dir);
+        }
         if let Some(path) = &mut self.store.path {
             resolve(path);
         }
@@ -500,7 +855,32 @@ impl Config {
         if let Some(file) = &mut self.admin.token_file {
             resolve(file);
         }
+        if let Some(file) = &mut self.export.jsonl_path {
+            resolve(file);
+        }
+        for route in self.http.values_mut() {
+            if let Some(credential) = &mut route.credential
+                && let Some(file) = &mut credential.secret_file
+            {
+                resolve(file);
+            }
+            if let Some(toml::Value::String(schema)) = &mut route.body_schema {
+                let mut path = PathBuf::from(&*schema);
+                resolve(&mut path);
+                *schema = path.to_string_lossy().into_owned();
+            }
+        }
+        for provider in self.llm.values_mut() {
+            if let Some(file) = &mut provider.api_key_file {
+                resolve(file);
+            }
+        }
         for upstream in self.upstreams.values_mut() {
+            if let Some(credential) = &mut upstream.credential
+                && let Some(file) = &mut credential.secret_file
+            {
+                resolve(file);
+            }
             match &mut upstream.cwd {
                 Some(cwd) => resolve(cwd),
                 // A spawned server runs in the file's directory, so a

@@ -36,8 +36,8 @@ fn example_tools() -> Vec<ToolDef> {
                         input_schema: tool["inputSchema"].clone(),
                         annotations: Some(tool["annotations"].clone()),
                         classes: classes(&name),
-                        path_arguments: None,
                         name,
+                        ..ToolDef::default()
                     }
                 })
         })
@@ -59,6 +59,7 @@ fn claims(now: i64) -> TaskClaims {
         exp: now + 600,
         act: None,
         parent_task_id: None,
+        root_task_id: None,
     }
 }
 
@@ -81,10 +82,11 @@ fn bench_decision(c: &mut Criterion) {
     let tokens = TaskTokens::new(key, "warden".into(), "warden".into(), 30);
     let token = tokens.issue(&claims(now)).expect("token");
     let engine = PolicySource::Bundled
-        .load(&example_tools(), "development")
+        .load(&example_tools(), &warden_config::Config::default())
         .expect("bundled pack loads");
     let read: Value = json!({ "path": "/workspace/notes/todo.md" });
     let write: Value = json!({ "path": "/workspace/notes/x.md", "content": "x" });
+    let memory = warden_policy::TaskMemory::default();
 
     c.bench_function("task_token_verify", |b| {
         b.iter(|| tokens.verify(black_box(&token), now).expect("valid"))
@@ -98,6 +100,8 @@ fn bench_decision(c: &mut Criterion) {
                 step: Step::CallTool {
                     tool: "files__read_file",
                     arguments: black_box(&read),
+                    model_requested: false,
+                    memory: &memory,
                 },
             })
         })
@@ -109,6 +113,8 @@ fn bench_decision(c: &mut Criterion) {
                 step: Step::CallTool {
                     tool: "files__write_file",
                     arguments: black_box(&write),
+                    model_requested: false,
+                    memory: &memory,
                 },
             })
         })
@@ -122,6 +128,8 @@ fn bench_decision(c: &mut Criterion) {
                 step: Step::CallTool {
                     tool: "files__read_file",
                     arguments: black_box(&read),
+                    model_requested: false,
+                    memory: &memory,
                 },
             })
         })

@@ -26,10 +26,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use warden_identity::TaskClaims;
 use warden_policy::Outcome as PolicyOutcome;
-use warden_store::{ApprovalRecord, ApprovalStatus, StoreError};
+use warden_store::{ApprovalRecord, ApprovalStatus, StoreError, StoreEvent};
 
 pub use webhook::Webhook;
 
@@ -57,10 +57,15 @@ pub enum Resolution {
     },
 }
 
-/// In-process wake-ups for calls waiting on a decision, plus the webhook.
+/// Wake-ups for calls waiting on a decision, plus the webhook.
+///
+/// A decision made through this process wakes its waiters at once. With a
+/// store shared by replicas, [`Approvals::follow`] wakes them on decisions
+/// that other replicas announce; [`POLL_INTERVAL`] bounds the wait when an
+/// announcement is lost.
 #[derive(Default)]
 pub struct Approvals {
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     webhook: Option<Webhook>,
 }
 
@@ -68,9 +73,38 @@ impl Approvals {
     /// Creates the registry with an optional webhook.
     pub fn new(webhook: Option<Webhook>) -> Approvals {
         Approvals {
-            waiters: Mutex::default(),
+            waiters: Arc::default(),
             webhook,
         }
+    }
+
+    /// Wakes the waiters of every approval decision that `events`
+    /// announces, and every waiter when events were missed, on a task of
+    /// the current Tokio runtime. The task ends when the registry is
+    /// dropped or the store closes its events.
+    pub fn follow(&self, mut events: broadcast::Receiver<StoreEvent>) {
+        let waiters = Arc::downgrade(&self.waiters);
+        tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                let Some(waiters) = waiters.upgrade() else {
+                    return;
+                };
+                let waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
+                match event {
+                    Ok(StoreEvent::ApprovalDecided { approval_id }) => {
+                        if let Some(waiter) = waiters.get(&approval_id) {
+                            waiter.notify_waiters();
+                        }
+                    }
+                    Ok(StoreEvent::TaskRevoked { .. }) => {}
+                    Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        waiters.values().for_each(|waiter| waiter.notify_waiters());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     fn waiter(&self, approval_id: &str) -> Arc<Notify> {

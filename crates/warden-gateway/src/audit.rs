@@ -13,6 +13,9 @@ use warden_store::NewAuditRecord;
 use crate::auth::now_micros;
 use crate::state::AppState;
 
+/// What a redacted argument value reads as in records.
+pub const REDACTED: &str = "[redacted]";
+
 /// Returns the root span id of a task: 16 hex digits.
 pub fn root_span(task_id: &str) -> String {
     warden_core::sha256_hex(task_id.as_bytes())[..16].to_owned()
@@ -44,7 +47,19 @@ pub struct Step<'a> {
 }
 
 /// Enqueues one record for the task of `claims` and returns its span id.
-pub fn record(state: &AppState, claims: &TaskClaims, step: Step<'_>) -> String {
+///
+/// With `audit.redact_arguments`, an `arguments` value in the detail is
+/// replaced by a marker before the record leaves this function; its hash,
+/// recorded beside it as `arguments_sha256`, stays.
+pub fn record(state: &AppState, claims: &TaskClaims, mut step: Step<'_>) -> String {
+    if state.config.audit.redact_arguments
+        && let Some(arguments) = step
+            .detail
+            .as_object_mut()
+            .and_then(|detail| detail.get_mut("arguments"))
+    {
+        *arguments = Value::String(REDACTED.to_owned());
+    }
     let span_id = step.span_id.unwrap_or_else(new_span);
     let parent = step
         .parent_span_id

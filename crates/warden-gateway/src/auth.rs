@@ -153,6 +153,12 @@ pub async fn authenticate_task(
     headers: &HeaderMap,
 ) -> Result<TaskClaims, ApiError> {
     let token = bearer(headers, "task token from POST /v1/tasks")?;
+    verify_task_token(state, token).await
+}
+
+/// Verifies a task token given in any header and checks that its task is
+/// still live.
+pub async fn verify_task_token(state: &AppState, token: String) -> Result<TaskClaims, ApiError> {
     let now = now_unix();
     let claims = match state.verified_tokens.get(&token, now) {
         Some(claims) => claims,

@@ -327,6 +327,7 @@ async fn exchange(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
         exp: expires_at,
         act: Some(act),
         parent_task_id: Some(parent.task_id.clone()),
+        root_task_id: Some(parent.root_task().to_owned()),
     };
     let token = state.tokens.issue(&claims).map_err(|error| {
         tracing::error!(%error, "signing a delegated task token failed");
@@ -438,6 +439,7 @@ mod tests {
             exp: 1,
             act,
             parent_task_id: None,
+            root_task_id: None,
         }
     }
 

@@ -17,17 +17,23 @@
 //! opened it.
 
 mod dispatch;
+mod relay;
 mod session;
+mod subscriptions;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
-pub use session::{Session, Sessions};
+pub use session::{AnswerError, Session, Sessions};
 
 use crate::auth::{ApiError, authenticate_task};
 use crate::state::AppState;
@@ -147,17 +153,64 @@ pub async fn post_one(
     handle_post(state, Some(server), headers, body).await
 }
 
-/// `GET /mcp` and `GET /mcp/{server}`: Warden offers no standalone stream.
-pub async fn get_stream() -> Response {
-    // NOTE: server-initiated messages outside a request (list_changed,
-    // resource updates) are not relayed, so no GET stream is offered; MCP
-    // clients treat 405 as "no stream".
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE")],
-        "this endpoint offers no server-sent event stream; send requests with POST",
-    )
-        .into_response()
+/// `GET /mcp` and `GET /mcp/{server}`: the session's standalone event
+/// stream, which carries the updates of the resources it subscribed to.
+/// Without a session (the stateless revision) there is no such stream, and
+/// the status is 405, which MCP clients read as "no stream".
+pub async fn get_stream(
+    State(state): State<Arc<AppState>>,
+    server: Option<Path<String>>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match authenticate_task(&state, &headers).await {
+        Ok(claims) => claims,
+        Err(error) => return error.into_mcp_response(),
+    };
+    let server = server.map(|Path(server)| server);
+    let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST, DELETE")],
+            "without an MCP session this endpoint offers no event stream; send initialize first, or send requests with POST",
+        )
+            .into_response();
+    };
+    let session = match state.sessions.get(session_id) {
+        Some(session) if session.task_id == claims.task_id => session,
+        _ => return session_not_found(),
+    };
+    if session.server != server {
+        return transport_error(
+            code::INVALID_REQUEST,
+            "this session was opened on another endpoint; use the endpoint that answered initialize",
+        );
+    }
+    if relay::Mode::from_headers(&headers) == relay::Mode::Json {
+        return (
+            StatusCode::NOT_ACCEPTABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({
+                "error": "not_acceptable",
+                "message": "the event stream is text/event-stream; send Accept: text/event-stream"
+            })
+            .to_string(),
+        )
+            .into_response();
+    }
+    let Some(events) = session.open_stream(&claims, relay::QUEUE) else {
+        return (
+            StatusCode::CONFLICT,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({
+                "error": "conflict",
+                "message": "this session's event stream is already open; close it before opening another"
+            })
+            .to_string(),
+        )
+            .into_response();
+    };
+    tracing::debug!(task.id = %claims.task_id, session = %session.id, "event stream opened");
+    event_stream_response(events)
 }
 
 /// `DELETE /mcp`: ends the caller's session.
@@ -262,14 +315,51 @@ async fn handle_post(
             }
             handle_notification(&state, &headers, &claims, method).await
         }
-        (None, Some(_)) if object.contains_key("result") || object.contains_key("error") => {
-            // Warden sends agents no requests, so there is nothing to route
-            // a response to.
-            StatusCode::ACCEPTED.into_response()
+        (None, Some(id)) if object.contains_key("result") || object.contains_key("error") => {
+            handle_answer(&state, &headers, &claims, id, object)
         }
         _ => transport_error(
             code::INVALID_REQUEST,
             "message is neither a request, a notification nor a response",
+        ),
+    }
+}
+
+/// Takes an agent's response to a server request that Warden relayed to it.
+fn handle_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    claims: &warden_identity::TaskClaims,
+    id: &Value,
+    object: &serde_json::Map<String, Value>,
+) -> Response {
+    let session_id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    if let Some(session_id) = session_id {
+        match state.sessions.get(session_id) {
+            Some(session) if session.task_id == claims.task_id => {}
+            _ => return session_not_found(),
+        }
+    }
+    let outcome = match (object.get("result"), object.get("error")) {
+        (Some(result), None) => Ok(result.clone()),
+        (None, Some(error)) if error.is_object() => Err(crate::upstream::RpcError {
+            error: error.clone(),
+        }),
+        _ => {
+            return transport_error(
+                code::INVALID_REQUEST,
+                "a response must carry either result or an error object",
+            );
+        }
+    };
+    match state
+        .sessions
+        .deliver_answer(id, &claims.task_id, session_id, outcome)
+    {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => transport_error(
+            code::INVALID_REQUEST,
+            &format!("{error}; it may have timed out or belong to another session"),
         ),
     }
 }
@@ -363,7 +453,7 @@ async fn handle_request(
         );
     };
 
-    let _in_flight = match &era {
+    let in_flight = match &era {
         Era::Handshake { session } => match session.begin(&id) {
             Some(guard) => Some(guard),
             None => {
@@ -382,30 +472,229 @@ async fn handle_request(
         _ => None,
     };
 
-    let context = dispatch::Context {
-        state,
-        claims,
-        server: server.as_deref(),
-        request_id: &id,
-    };
-    let outcome = dispatch::dispatch(&context, method, params).await;
     let modern = matches!(era, Era::Modern { .. });
-    let (outcome, session_header) = match outcome {
-        dispatch::Outcome::Result(result) => (Ok(result), None),
-        dispatch::Outcome::Error(error) => (Err(error), None),
-        dispatch::Outcome::Initialized { result, session } => (Ok(result), Some(session)),
+    let mut mode = relay::Mode::from_headers(headers);
+    // An opened session's id and a 2026-07-28 error's status travel in the
+    // response head, which a stream sends before the outcome is known.
+    if mode == relay::Mode::Stream && (modern || method == "initialize") {
+        mode = relay::Mode::JsonFirst;
+    }
+    let (session_id, capabilities) = match &era {
+        Era::Handshake { session } => (
+            Some(session.id.clone()),
+            session.client_capabilities.clone(),
+        ),
+        Era::Modern { .. } => (
+            None,
+            params
+                .and_then(|p| p.get("_meta"))
+                .and_then(|meta| meta.get(CLIENT_CAPABILITIES_META))
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        ),
+        Era::Initializing => (None, json!({})),
     };
-    let outcome = if modern {
-        outcome.map(|result| stamp_modern(&context, method, result))
-    } else {
-        outcome.map(strip_modern)
+    let relayer = Arc::new(relay::Relayer {
+        state: state.clone(),
+        claims: claims.clone(),
+        session_id,
+        capabilities,
+        tool: relay::called_tool(server.as_deref(), method, params),
+        request_id: id.clone(),
+        modern,
+    });
+    let (relay_tx, relay_rx) = mpsc::channel(relay::QUEUE);
+    let session = match &era {
+        Era::Handshake { session } => Some(session.clone()),
+        _ => None,
     };
-    let status = match (&outcome, modern) {
-        (Err(error), true) => modern_status(error.code),
-        _ => StatusCode::OK,
+    let call = Call {
+        state: state.clone(),
+        claims: claims.clone(),
+        session,
+        server,
+        id,
+        method: method.to_owned(),
+        params: params.cloned(),
+        caller_trace: crate::tracecontext::TraceParent::from_headers(headers),
+        modern,
+        in_flight,
     };
-    let mut response = reply(session_header.as_deref(), &id, outcome);
-    *response.status_mut() = status;
+    let work: Work = Box::pin(call.run(relay_tx));
+    respond(mode, work, relay_rx, relayer).await
+}
+
+/// One agent request, owned, so that it can go on after the response head
+/// is sent.
+struct Call {
+    state: Arc<AppState>,
+    claims: warden_identity::TaskClaims,
+    session: Option<Arc<Session>>,
+    server: Option<String>,
+    id: Value,
+    method: String,
+    params: Option<Value>,
+    caller_trace: Option<crate::tracecontext::TraceParent>,
+    modern: bool,
+    in_flight: Option<session::InFlight>,
+}
+
+/// The outcome of a [`Call`], ready to send.
+struct Finished {
+    status: StatusCode,
+    session: Option<String>,
+    body: Value,
+}
+
+type Work = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+impl Call {
+    async fn run(self, relay: crate::upstream::InterimSender) -> Finished {
+        let context = dispatch::Context {
+            state: &self.state,
+            claims: &self.claims,
+            server: self.server.as_deref(),
+            request_id: &self.id,
+            caller_trace: self.caller_trace.clone(),
+            relay: Some(relay),
+        };
+        let outcome = match self.method.as_str() {
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let request = subscriptions::Request {
+                    state: &self.state,
+                    claims: &self.claims,
+                    server: self.server.as_deref(),
+                    session: self.session.as_ref(),
+                    request_id: &self.id,
+                };
+                let subscribe = self.method == "resources/subscribe";
+                subscriptions::handle(&request, subscribe, self.params.as_ref())
+                    .await
+                    .into()
+            }
+            method => dispatch::dispatch(&context, method, self.params.as_ref()).await,
+        };
+        let (outcome, session) = match outcome {
+            dispatch::Outcome::Result(result) => (Ok(result), None),
+            dispatch::Outcome::Error(error) => (Err(error), None),
+            dispatch::Outcome::Initialized { result, session } => (Ok(result), Some(session)),
+        };
+        let outcome = if self.modern {
+            outcome.map(|result| stamp_modern(&context, &self.method, result))
+        } else {
+            outcome.map(strip_modern)
+        };
+        let status = match (&outcome, self.modern) {
+            (Err(error), true) => modern_status(error.code),
+            _ => StatusCode::OK,
+        };
+        drop(self.in_flight);
+        Finished {
+            status,
+            session,
+            body: response_body(&self.id, outcome),
+        }
+    }
+}
+
+/// Waits for the call and responds with JSON, or with an event stream once
+/// the upstream sends something the agent should see before the response.
+async fn respond(
+    mode: relay::Mode,
+    mut work: Work,
+    mut interims: mpsc::Receiver<crate::upstream::Interim>,
+    relayer: Arc<relay::Relayer>,
+) -> Response {
+    if mode == relay::Mode::Stream {
+        return stream(work, interims, relayer, None);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            interim = interims.recv() => match interim {
+                Some(interim) if mode == relay::Mode::JsonFirst => {
+                    return stream(work, interims, relayer, Some(interim));
+                }
+                Some(interim) => relayer.handle(interim, None).await,
+                None => return json_response(work.await),
+            },
+            finished = &mut work => {
+                if mode == relay::Mode::JsonFirst
+                    && let Ok(interim) = interims.try_recv()
+                {
+                    let done: Work = Box::pin(async move { finished });
+                    return stream(done, interims, relayer, Some(interim));
+                }
+                return json_response(finished);
+            }
+        }
+    }
+}
+
+/// Responds with an event stream that carries the relayed messages and then
+/// the response. The call goes on when the agent disconnects, so that its
+/// outcome is still recorded.
+fn stream(
+    mut work: Work,
+    mut interims: mpsc::Receiver<crate::upstream::Interim>,
+    relayer: Arc<relay::Relayer>,
+    first: Option<crate::upstream::Interim>,
+) -> Response {
+    let (out, events) = mpsc::channel::<String>(relay::QUEUE);
+    tokio::spawn(async move {
+        if let Some(interim) = first {
+            relayer.handle(interim, Some(&out)).await;
+        }
+        let finished = loop {
+            tokio::select! {
+                biased;
+                interim = interims.recv() => match interim {
+                    Some(interim) => relayer.handle(interim, Some(&out)).await,
+                    None => break (&mut work).await,
+                },
+                finished = &mut work => {
+                    while let Ok(interim) = interims.try_recv() {
+                        relayer.handle(interim, Some(&out)).await;
+                    }
+                    break finished;
+                }
+            }
+        };
+        let _ = out
+            .send(crate::sse::format_event(&finished.body.to_string()))
+            .await;
+    });
+    event_stream_response(events)
+}
+
+fn event_stream_response(events: mpsc::Receiver<String>) -> Response {
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(events)
+            .map(|event| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(event))),
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn json_response(finished: Finished) -> Response {
+    let mut response = (
+        finished.status,
+        [(header::CONTENT_TYPE, "application/json")],
+        finished.body.to_string(),
+    )
+        .into_response();
+    if let Some(session) = finished.session
+        && let Ok(value) = HeaderValue::from_str(&session)
+    {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
     response
 }
 
@@ -592,23 +881,19 @@ fn strip_modern(mut result: Value) -> Value {
     result
 }
 
-fn reply(session: Option<&str>, id: &Value, outcome: Result<Value, RpcError>) -> Response {
-    let body = match outcome {
+fn response_body(id: &Value, outcome: Result<Value, RpcError>) -> Value {
+    match outcome {
         Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
         Err(error) => json!({ "jsonrpc": "2.0", "id": id, "error": error.to_json() }),
-    };
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(session) = session
-        && let Ok(value) = HeaderValue::from_str(session)
-    {
-        response.headers_mut().insert(SESSION_HEADER, value);
     }
-    response
+}
+
+fn reply(session: Option<&str>, id: &Value, outcome: Result<Value, RpcError>) -> Response {
+    json_response(Finished {
+        status: StatusCode::OK,
+        session: session.map(str::to_owned),
+        body: response_body(id, outcome),
+    })
 }
 
 /// Builds a transport-level rejection: HTTP 400 with a JSON-RPC error whose

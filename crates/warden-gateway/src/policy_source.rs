@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use warden_policy::{EngineOptions, PolicyEngine, PolicyLoadError, ToolDef};
+use warden_config::Config;
+use warden_policy::{EngineOptions, PolicyEngine, PolicyLoadError, RouteDef, ToolDef};
 
 /// The bundled policy pack: (file name, text).
 pub const BUNDLED_PACK: &[(&str, &str)] = &[
@@ -13,6 +14,10 @@ pub const BUNDLED_PACK: &[(&str, &str)] = &[
     (
         "billing.cedar",
         include_str!("../../../policies/billing.cedar"),
+    ),
+    (
+        "models.cedar",
+        include_str!("../../../policies/models.cedar"),
     ),
 ];
 
@@ -26,14 +31,16 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
-    /// Parses and validates the policies against the tools.
+    /// Parses and validates the policies against the tools and the
+    /// configured HTTP routes.
     pub fn load(
         &self,
         tools: &[ToolDef],
-        environment: &str,
+        config: &Config,
     ) -> Result<PolicyEngine, PolicyLoadError> {
         let options = EngineOptions {
-            environment: environment.to_owned(),
+            environment: config.policy.environment.clone(),
+            routes: route_defs(config).map_err(|message| PolicyLoadError::Schema { message })?,
         };
         match self {
             PolicySource::Dir(dir) => PolicyEngine::load_dir(dir, tools, options),
@@ -54,4 +61,40 @@ impl PolicySource {
             PolicySource::Bundled => "bundled pack".to_owned(),
         }
     }
+}
+
+/// Returns the policy view of the configured HTTP routes, reading body
+/// schemas given as files.
+pub fn route_defs(config: &Config) -> Result<Vec<RouteDef>, String> {
+    let mut routes = Vec::with_capacity(config.http.len());
+    for (name, route) in &config.http {
+        let body_schema = match &route.body_schema {
+            None => None,
+            Some(toml::Value::String(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    format!("cannot read http.{name}.body_schema file {path}: {error}")
+                })?;
+                let schema = serde_json::from_str(&text).map_err(|error| {
+                    format!("http.{name}.body_schema file {path} is not JSON: {error}")
+                })?;
+                Some(schema)
+            }
+            Some(table) => Some(serde_json::to_value(table).map_err(|error| {
+                format!("http.{name}.body_schema cannot be read as JSON Schema: {error}")
+            })?),
+        };
+        let host = url::Url::parse(&route.url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        routes.push(RouteDef {
+            name: name.clone(),
+            classes: route.classes.clone(),
+            query_params: route.query_params.clone(),
+            body_schema,
+            host,
+            labels: route.labels.clone(),
+        });
+    }
+    Ok(routes)
 }

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde_json::json;
 use warden_config::Config;
 use warden_identity::{DevIssuer, Jwks, SigningKey, SvidVerifier, TaskTokens};
@@ -52,6 +52,12 @@ pub fn dev_issuer_key_path(data_dir: &Path) -> std::path::PathBuf {
 /// Path of the task-token signing key in the data directory.
 pub fn task_key_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("keys").join("task-tokens.pk8")
+}
+
+/// Path of the key that signs per-task downstream tokens, published at
+/// `/.well-known/jwks.json`.
+pub fn downstream_key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("downstream-tokens.pk8")
 }
 
 /// Loads the development issuer of this data directory.
@@ -98,11 +104,37 @@ impl Gateway {
             config.identity.leeway_seconds as i64,
         );
 
-        let store_path = config.store_path();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&store_path)
-                .with_context(|| format!("cannot open the store {}", store_path.display()))?,
-        );
+        let exporter = crate::export::Exporter::start(&config.export)
+            .context("cannot start span export; check the [export] section")?;
+        let observer = exporter
+            .clone()
+            .map(|exporter| exporter as Arc<dyn warden_store::AuditObserver>);
+        let store: Arc<dyn Store> = match config.store.postgres_url().map_err(anyhow::Error::msg)? {
+            Some(url) => {
+                let store_options = warden_store::PostgresOptions {
+                    observer,
+                    ..Default::default()
+                };
+                Arc::new(
+                    warden_store::PostgresStore::connect(&url, &store_options)
+                        .await
+                        .context("cannot open the PostgreSQL store")?,
+                )
+            }
+            None => {
+                let store_path = config.store_path();
+                let store_options = warden_store::SqliteOptions {
+                    observer,
+                    ..Default::default()
+                };
+                Arc::new(
+                    SqliteStore::open_with_options(&store_path, &store_options).with_context(
+                        || format!("cannot open the store {}", store_path.display()),
+                    )?,
+                )
+            }
+        };
+        let tasks = TaskTable::for_store(store.as_ref());
 
         let limits = &config.limits;
         let mut upstreams = BTreeMap::new();
@@ -123,13 +155,22 @@ impl Gateway {
                 .start()
                 .await
                 .with_context(|| format!("upstream {name} failed to start"))?;
+            let now = crate::auth::now_unix();
+            let blocked = crate::pins::reconcile(store.as_ref(), &upstream, now)
+                .await
+                .with_context(|| {
+                    format!("cannot compare the tools of upstream {name} with their pins")
+                })?;
+            if blocked > 0 {
+                tracing::warn!(upstream = %name, tools = blocked, "tools blocked until an operator accepts their definitions (warden tools list)");
+            }
             upstreams.insert(name.clone(), Arc::new(upstream));
         }
 
         let tools = all_tools(&upstreams);
         let engine = options
             .policy_source
-            .load(&tools, &config.policy.environment)
+            .load(&tools, &config)
             .with_context(|| {
                 format!(
                     "policies in {} are invalid",
@@ -142,6 +183,10 @@ impl Gateway {
             tools = tools.len(),
             "policies loaded"
         );
+        let shadow = load_shadow(&tools, &config)?;
+        if config.policy.mode == warden_config::PolicyMode::Shadow {
+            tracing::warn!("policy mode is shadow: policy refusals are recorded, not enforced");
+        }
 
         let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -161,6 +206,16 @@ impl Gateway {
             None => read_admin_token_file(&config)?,
         };
         let leeway = config.identity.leeway_seconds as i64;
+        let providers = crate::llm::Providers::new(&config)?;
+        let routes = crate::http_routes::Routes::new(&config)?;
+        let downstream_key = SigningKey::load_or_create(&downstream_key_path(&data_dir))
+            .context("cannot load the downstream token signing key")?;
+        let txn_tokens =
+            crate::credentials::TxnTokens::new(downstream_key, TASK_TOKEN_ISSUER.to_owned());
+        let metrics = crate::metrics::Metrics::default();
+        if let Some(exporter) = exporter {
+            metrics.set_exporter(exporter);
+        }
         let state = Arc::new(AppState {
             config,
             verifier,
@@ -168,17 +223,26 @@ impl Gateway {
             tokens,
             policy_source: options.policy_source,
             engine: RwLock::new(Arc::new(engine)),
+            shadow: RwLock::new(shadow.map(Arc::new)),
             store,
             upstreams,
             verified_tokens: VerifiedTokens::new(leeway),
-            tasks: TaskTable::default(),
+            tasks,
             approvals: crate::approvals::Approvals::new(webhook),
             sessions: mcp::Sessions::default(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             allowed_hosts,
             allowed_origins,
             admin_token,
+            providers,
+            requested_calls: crate::llm::RequestedCalls::default(),
+            routes,
+            txn_tokens,
+            redactor: crate::redact::Redactor::new(Vec::new()),
         });
+        if let Some(events) = state.store.events() {
+            state.approvals.follow(events);
+        }
         Ok(Gateway {
             state,
             listener,
@@ -196,19 +260,25 @@ impl Gateway {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes, then flushes the audit log and
-    /// stops the upstreams.
+    /// Serves until `shutdown` completes, then flushes the audit log, writes
+    /// a final signed checkpoint of its head and stops the upstreams.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         spawn_reload_on_hangup(state.clone());
+        let checkpoints = crate::checkpoint::CheckpointTask::for_gateway(&state)?;
         tracing::info!(listen = %self.addr, upstreams = state.upstreams.len(), "warden listening");
         serve_connections(self.listener, router(state.clone()), shutdown).await;
         tracing::info!("warden stopping");
         if let Err(error) = state.store.flush().await {
             tracing::error!(%error, "flushing the audit log at shutdown failed");
+        }
+        checkpoints.finish().await;
+        // The last batch and the final checkpoint reach the exporters too.
+        if let Some(exporter) = state.metrics.exporter() {
+            exporter.shutdown().await;
         }
         for upstream in state.upstreams.values() {
             upstream.shutdown().await;
@@ -298,6 +368,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks", post(tasks::start))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
         .route("/v1/traces/{id}", get(trace))
+        .route("/v1/decisions", post(crate::precheck::decide))
         .route("/oauth2/token", post(delegation::token_exchange))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::show))
@@ -315,6 +386,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(mcp::get_stream)
                 .delete(mcp::delete_session_one),
         )
+        .route("/llm/{provider}/{*path}", any(crate::llm::proxy))
+        .route("/http/{route}", any(crate::http_routes::proxy))
+        .route("/http/{route}/", any(crate::http_routes::proxy))
+        .route("/http/{route}/{*path}", any(crate::http_routes::proxy))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -326,16 +402,50 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `GET /.well-known/jwks.json`: the key that signs per-task downstream
+/// tokens, for upstreams that verify them.
+async fn jwks(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "max-age=300")],
+        axum::Json(state.txn_tokens.jwks()),
+    )
+}
+
 /// Reloads policies against the current tools. On failure the running set
 /// stays in force.
 pub fn reload_policies(state: &AppState) -> Result<usize, warden_policy::PolicyLoadError> {
     let tools = all_tools(&state.upstreams);
-    let engine = state
-        .policy_source
-        .load(&tools, &state.config.policy.environment)?;
+    let engine = state.policy_source.load(&tools, &state.config)?;
     let count = engine.policy_count();
+    // A shadow set that no longer loads is dropped, not kept stale.
+    let shadow = match &state.config.policy.shadow_dir {
+        None => None,
+        Some(dir) => match PolicySource::Dir(dir.clone()).load(&tools, &state.config) {
+            Ok(engine) => Some(Arc::new(engine)),
+            Err(error) => {
+                tracing::error!(%error, dir = %dir.display(), "shadow policies failed to load; shadow decisions stop until they load");
+                None
+            }
+        },
+    };
     state.set_engine(engine);
+    *state.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow;
     Ok(count)
+}
+
+/// Loads the shadow policy set of `[policy] shadow_dir`, if configured.
+fn load_shadow(
+    tools: &[warden_policy::ToolDef],
+    config: &Config,
+) -> anyhow::Result<Option<warden_policy::PolicyEngine>> {
+    let Some(dir) = &config.policy.shadow_dir else {
+        return Ok(None);
+    };
+    let engine = PolicySource::Dir(dir.clone())
+        .load(tools, config)
+        .with_context(|| format!("shadow policies in {} are invalid", dir.display()))?;
+    tracing::info!(dir = %dir.display(), policies = engine.policy_count(), "shadow policies loaded");
+    Ok(Some(engine))
 }
 
 fn approval_webhook(config: &Config) -> anyhow::Result<Option<approvals::Webhook>> {

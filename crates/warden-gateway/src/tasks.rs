@@ -25,6 +25,7 @@ use warden_store::TaskRecord;
 use crate::audit;
 use crate::auth::{ApiError, authenticate_agent, bearer, format_time, now_unix};
 use crate::state::{AppState, TaskStatus};
+use crate::tracecontext::TraceParent;
 
 /// Longest accepted intent, in characters.
 pub const MAX_INTENT_CHARS: usize = 2000;
@@ -69,7 +70,13 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| vec!["*".to_owned()]);
     let task_id = uuid::Uuid::new_v4().to_string();
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    // An agent that traces its own work joins the task to its trace, with
+    // the task's root span under the agent's current span.
+    let caller_trace = TraceParent::from_headers(&headers);
+    let trace_id = caller_trace.as_ref().map_or_else(
+        || uuid::Uuid::new_v4().simple().to_string(),
+        |parent| parent.trace_id.clone(),
+    );
     let agent = svid.spiffe_id.as_str().to_owned();
 
     let context = TaskContext {
@@ -122,6 +129,7 @@ pub async fn start(
         exp: expires_at,
         act: None,
         parent_task_id: None,
+        root_task_id: None,
     };
     let token = state.tokens.issue(&claims).map_err(|error| {
         tracing::error!(%error, "signing a task token failed");
@@ -160,7 +168,11 @@ pub async fn start(
                 "ttl_seconds": ttl,
             }),
             span_id: Some(audit::root_span(&task_id)),
-            parent_span_id: Some(String::new()),
+            parent_span_id: Some(
+                caller_trace
+                    .map(|parent| parent.parent_id)
+                    .unwrap_or_default(),
+            ),
         },
     );
     tracing::info!(task.id = %task_id, agent.id = %agent, trace.id = %trace_id, ttl, "task started");
@@ -335,5 +347,6 @@ pub fn claims_of(record: &TaskRecord) -> TaskClaims {
         exp: record.expires_at,
         act: None,
         parent_task_id: record.parent_task_id.clone(),
+        root_task_id: None,
     }
 }

@@ -9,6 +9,11 @@
 //!
 //! An upstream that crashes or does not respond within its timeout fails the
 //! calls in flight with an error; the next call starts it again.
+//!
+//! What a server sends during a request, before its response (progress and
+//! logging notifications, sampling, elicitation, roots and ping requests),
+//! goes to the request's [`InterimSender`] when the caller gives one, on its
+//! way to the agent.
 
 pub mod http;
 pub mod stdio;
@@ -75,6 +80,44 @@ pub struct RpcError {
 /// member of the server's response.
 pub type RpcOutcome = Result<Value, RpcError>;
 
+/// Server-to-client requests that Warden passes on to the agent during a
+/// request. Warden responds to any other method with "method not found".
+pub const RELAYED_REQUESTS: [&str; 4] = [
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "ping",
+];
+
+/// Notifications that Warden passes on to the agent during a request.
+pub const RELAYED_NOTIFICATIONS: [&str; 2] = ["notifications/progress", "notifications/message"];
+
+/// A message an upstream sends during one request, before its response.
+#[derive(Debug)]
+pub enum Interim {
+    /// A progress or logging notification, as the server sent it.
+    Notification {
+        /// Name of the upstream server.
+        server: String,
+        /// The whole JSON-RPC notification.
+        message: Value,
+    },
+    /// A request from the server to the client (sampling, elicitation,
+    /// roots, ping). The receiver sends the client's response on `reply`.
+    /// Dropping `reply` sends the server an error.
+    Request {
+        /// Name of the upstream server.
+        server: String,
+        /// The whole JSON-RPC request, with the server's own id.
+        message: Value,
+        /// Takes the client's response for the server.
+        reply: tokio::sync::oneshot::Sender<RpcOutcome>,
+    },
+}
+
+/// Sender of the interim messages of one upstream request.
+pub type InterimSender = tokio::sync::mpsc::Sender<Interim>;
+
 /// Tools, resources and prompts an upstream offered at start.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -117,7 +160,20 @@ pub struct Upstream {
     checked_changes: AtomicU64,
     /// Tools whose definition differs from the one pinned at start, with why.
     blocked: RwLock<BTreeMap<String, String>>,
+    /// Tools blocked by their stored pin (changed since an operator
+    /// accepted them, or hiding text), with why.
+    pin_blocked: RwLock<BTreeMap<String, String>>,
+    /// The tool list of the latest listing, newer than the catalog when the
+    /// server changed its tools.
+    latest: RwLock<Option<Vec<Value>>>,
+    /// Credential Warden injects, if any.
+    credential: Option<crate::credentials::Credential>,
+    /// Resource update notifications the server sent outside any request.
+    updates: tokio::sync::broadcast::Sender<Value>,
 }
+
+/// Resource update notifications an upstream may have queued for routing.
+const UPDATE_QUEUE: usize = 256;
 
 impl Upstream {
     /// Creates the upstream without connecting.
@@ -128,6 +184,24 @@ impl Upstream {
         start_timeout: Duration,
         max_message_bytes: usize,
     ) -> Result<Upstream, UpstreamError> {
+        let credential = config
+            .credential
+            .as_ref()
+            .map(|credential| {
+                let audience = config
+                    .url
+                    .as_deref()
+                    .and_then(|url| url::Url::parse(url).ok())
+                    .map(|url| url.origin().ascii_serialization())
+                    .unwrap_or_default();
+                crate::credentials::Credential::new(credential, &audience)
+            })
+            .transpose()
+            .map_err(|error| UpstreamError::Unavailable {
+                server: name.to_owned(),
+                detail: format!("invalid credential: {error}"),
+            })?;
+        let (updates, _) = tokio::sync::broadcast::channel(UPDATE_QUEUE);
         let connection = match config.transport() {
             Some(Transport::Stdio { command, args }) => {
                 Connection::Stdio(stdio::StdioClient::new(stdio::StdioSettings {
@@ -139,6 +213,8 @@ impl Upstream {
                     cwd: config.cwd.clone(),
                     start_timeout,
                     max_line_bytes: max_message_bytes,
+                    credential: credential.clone(),
+                    updates: updates.clone(),
                 }))
             }
             Some(Transport::Http { url }) => Connection::Http(http::HttpClient::new(
@@ -146,6 +222,8 @@ impl Upstream {
                 url,
                 start_timeout,
                 max_message_bytes,
+                credential.clone(),
+                updates.clone(),
             )?),
             None => {
                 return Err(UpstreamError::Unavailable {
@@ -162,6 +240,10 @@ impl Upstream {
             catalog: RwLock::new(Arc::new(Catalog::default())),
             checked_changes: AtomicU64::new(0),
             blocked: RwLock::default(),
+            pin_blocked: RwLock::default(),
+            latest: RwLock::default(),
+            credential,
+            updates,
         })
     }
 
@@ -299,23 +381,87 @@ impl Upstream {
                     continue;
                 }
                 Some(_) => format!(
-                    "the definition of {}__{name} changed since Warden started; an operator must review it and restart Warden to accept it",
-                    self.name
+                    "the definition of {server}__{name} changed since Warden started; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name}`",
+                    server = self.name
                 ),
                 None => format!(
-                    "{}__{name} appeared after Warden started; an operator must review it and restart Warden to accept it",
-                    self.name
+                    "{server}__{name} appeared after Warden started; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name}`",
+                    server = self.name
                 ),
             };
             tracing::error!(upstream = %self.name, tool.name = %name, "upstream tool definition changed; tool blocked");
             blocked.insert(name.to_owned(), reason);
         }
         *self.blocked.write().unwrap_or_else(|e| e.into_inner()) = blocked;
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(listed);
         self.checked_changes.store(now, Ordering::Release);
+    }
+
+    /// Blocks the tools of `blocked` by their stored pins, replacing the
+    /// previous pin blocks.
+    pub fn set_pin_blocked(&self, blocked: BTreeMap<String, String>) {
+        *self.pin_blocked.write().unwrap_or_else(|e| e.into_inner()) = blocked;
+    }
+
+    /// Returns the tool's definition as the server offers it now: from the
+    /// latest listing, or from the catalog taken at start.
+    pub fn latest_definition(&self, tool: &str) -> Option<Value> {
+        let named = |t: &&Value| t.get("name").and_then(Value::as_str) == Some(tool);
+        if let Some(listed) = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return listed.iter().find(named).cloned();
+        }
+        self.catalog().tools.iter().find(named).cloned()
+    }
+
+    /// Accepts `definition` for its tool: the catalog takes it (so policies
+    /// reloaded afterwards are validated against it) and the tool is no
+    /// longer blocked.
+    pub fn accept_definition(&self, definition: Value) {
+        let Some(name) = definition
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        {
+            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let mut updated = (**catalog).clone();
+            match updated
+                .tools
+                .iter_mut()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(name.as_str()))
+            {
+                Some(slot) => *slot = definition,
+                None => updated.tools.push(definition),
+            }
+            *catalog = Arc::new(updated);
+        }
+        self.blocked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+        self.pin_blocked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
     }
 
     /// Returns why a tool is blocked, if it is.
     pub fn blocked_reason(&self, tool: &str) -> Option<String> {
+        if let Some(reason) = self
+            .pin_blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tool)
+        {
+            return Some(reason.clone());
+        }
         self.blocked
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -353,6 +499,10 @@ impl Upstream {
                     annotations: tool.get("annotations").cloned(),
                     classes: settings.map(|s| s.classes.clone()).unwrap_or_default(),
                     path_arguments: settings.and_then(|s| s.path_arguments.clone()),
+                    labels: settings.map(|s| s.labels.clone()).unwrap_or_default(),
+                    sum_arguments: settings
+                        .map(|s| s.sum_arguments.clone())
+                        .unwrap_or_default(),
                     name,
                 })
             })
@@ -373,10 +523,73 @@ impl Upstream {
         method: &str,
         params: Option<Value>,
     ) -> Result<RpcOutcome, UpstreamError> {
+        self.request_with(method, params, &axum::http::HeaderMap::new())
+            .await
+    }
+
+    /// Returns the headers of a per-task credential for a request of the
+    /// task of `claims`, and the secret values they carry; empty when the
+    /// upstream has no such credential.
+    pub fn task_credential(
+        &self,
+        claims: &warden_identity::TaskClaims,
+        minter: &crate::credentials::TxnTokens,
+    ) -> Result<crate::credentials::Injected, String> {
+        match &self.credential {
+            Some(credential) if credential.per_task() => {
+                credential.inject(claims, minter, crate::auth::now_unix())
+            }
+            _ => Ok(crate::credentials::Injected {
+                headers: axum::http::HeaderMap::new(),
+                secrets: Vec::new(),
+            }),
+        }
+    }
+
+    /// Returns the secret values of the upstream's static credential, to
+    /// remove them from what the upstream returns.
+    pub fn static_secrets(&self) -> Vec<String> {
+        let Some(credential) = &self.credential else {
+            return Vec::new();
+        };
+        match credential.env_pair() {
+            Some(Ok((_, value))) => vec![value],
+            Some(Err(_)) => Vec::new(),
+            None => credential
+                .static_headers()
+                .map(|injected| injected.secrets)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Sends one request with `extra` headers (for an HTTP upstream) and
+    /// waits for its response within the timeout.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        extra: &axum::http::HeaderMap,
+    ) -> Result<RpcOutcome, UpstreamError> {
+        self.request_relayed(method, params, extra, None).await
+    }
+
+    /// Sends one request like [`Upstream::request_with`] and passes the
+    /// progress and logging notifications and the server-to-client requests
+    /// that come before the response to `relay`. Without a relay,
+    /// notifications are dropped, Warden responds to `ping` itself and
+    /// rejects other server requests. The timeout covers the whole exchange,
+    /// including the time the agent takes to respond to a relayed request.
+    pub async fn request_relayed(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        extra: &axum::http::HeaderMap,
+        relay: Option<InterimSender>,
+    ) -> Result<RpcOutcome, UpstreamError> {
         let call = async {
             match &self.connection {
-                Connection::Stdio(client) => client.request(method, params).await,
-                Connection::Http(client) => client.request(method, params).await,
+                Connection::Stdio(client) => client.request(method, params, relay).await,
+                Connection::Http(client) => client.request(method, params, extra, relay).await,
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
@@ -404,6 +617,17 @@ impl Upstream {
         if let Err(error) = result {
             tracing::debug!(upstream = %self.name, method, %error, "notification not delivered");
         }
+    }
+
+    /// Returns a receiver of the `notifications/resources/updated` messages
+    /// the server sends. An HTTP upstream sends them on its standalone
+    /// stream, which Warden opens on the first call of this method.
+    pub fn resource_updates(&self) -> tokio::sync::broadcast::Receiver<Value> {
+        let receiver = self.updates.subscribe();
+        if let Connection::Http(client) = &self.connection {
+            client.listen();
+        }
+        receiver
     }
 
     /// Returns true when the upstream is connected (a stdio process is
@@ -450,12 +674,95 @@ impl Upstream {
 }
 
 /// Builds the `initialize` params Warden sends as a client.
+///
+/// Warden declares sampling and elicitation because it relays those
+/// requests to the agent whose call is in progress. When that agent did not
+/// declare the capability itself, the server gets an error. Roots are not
+/// declared, because a server requests them outside any call, where no
+/// single agent's roots apply.
 pub(crate) fn client_initialize_params() -> Value {
     json!({
         "protocolVersion": UPSTREAM_PROTOCOL_VERSION,
-        "capabilities": {},
+        "capabilities": { "sampling": {}, "elicitation": {} },
         "clientInfo": { "name": "warden", "version": env!("CARGO_PKG_VERSION") }
     })
+}
+
+/// Builds Warden's own response to a server-to-client request that no
+/// agent receives: `ping` gets an empty result, anything else "method not
+/// found".
+pub(crate) fn local_answer(id: &Value, method: &str) -> Value {
+    if method == "ping" {
+        json!({ "jsonrpc": "2.0", "id": id, "result": {} })
+    } else {
+        json!({ "jsonrpc": "2.0", "id": id, "error": {
+            "code": -32601,
+            "message": format!("{method} is not supported by this client")
+        }})
+    }
+}
+
+/// Builds the JSON-RPC response that carries an agent's outcome back to the
+/// server.
+pub(crate) fn answer_message(id: &Value, outcome: RpcOutcome) -> Value {
+    match outcome {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+        Err(error) => json!({ "jsonrpc": "2.0", "id": id, "error": error.error }),
+    }
+}
+
+/// Passes one server-to-client request to `relay`, waits for the agent's
+/// outcome and returns the response to send to the server. Without a relay,
+/// for a method Warden does not relay, or when the receiver goes away, the
+/// response comes from [`local_answer`].
+pub(crate) async fn relay_request(
+    relay: Option<&InterimSender>,
+    server: &str,
+    message: &Value,
+) -> Value {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+    let Some(relay) = relay.filter(|_| RELAYED_REQUESTS.contains(&method)) else {
+        return local_answer(&id, method);
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = relay
+        .send(Interim::Request {
+            server: server.to_owned(),
+            message: message.clone(),
+            reply,
+        })
+        .await;
+    if sent.is_err() {
+        return local_answer(&id, method);
+    }
+    match answer.await {
+        Ok(outcome) => answer_message(&id, outcome),
+        Err(_) => json!({ "jsonrpc": "2.0", "id": id, "error": {
+            "code": -32603,
+            "message": format!("the client did not answer {method}")
+        }}),
+    }
+}
+
+/// Passes one notification to `relay` when it is one Warden relays;
+/// returns false when it was not passed on.
+pub(crate) async fn relay_notification(
+    relay: Option<&InterimSender>,
+    server: &str,
+    message: &Value,
+) -> bool {
+    let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+    match relay {
+        Some(relay) if RELAYED_NOTIFICATIONS.contains(&method) => relay
+            .send(Interim::Notification {
+                server: server.to_owned(),
+                message: message.clone(),
+            })
+            .await
+            .is_ok(),
+        _ => false,
+    }
 }
 
 /// Splits a JSON-RPC response into its outcome.

@@ -85,6 +85,12 @@ impl SigningKey {
         }
     }
 
+    /// Loads the key from an existing PKCS#8 DER file, with the checks of
+    /// [`SigningKey::load_or_create`], and never creates one.
+    pub fn load(path: &Path) -> Result<SigningKey, IdentityError> {
+        load_key_file(path)
+    }
+
     /// Returns the key id, the RFC 7638 thumbprint of the public JWK.
     pub fn kid(&self) -> &str {
         &self.kid
@@ -123,6 +129,23 @@ impl SigningKey {
             "{}.{}",
             encode_segment(header.to_string().as_bytes()),
             encode_segment(claims.to_string().as_bytes())
+        );
+        let signature = self.sign_bytes(signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{}", encode_segment(&signature)))
+    }
+
+    /// Signs `payload` as a compact JWS with the header
+    /// `{"alg":"ES256","typ":typ,"kid":...}`, for signed documents that are
+    /// not tokens.
+    ///
+    /// Give such documents their own `typ`: token verification accepts only
+    /// `JWT` or `JOSE`, so the document can never pass as a token.
+    pub fn sign_jws(&self, typ: &str, payload: &[u8]) -> Result<String, IdentityError> {
+        let header = json!({"alg": "ES256", "typ": typ, "kid": self.kid});
+        let signing_input = format!(
+            "{}.{}",
+            encode_segment(header.to_string().as_bytes()),
+            encode_segment(payload)
         );
         let signature = self.sign_bytes(signing_input.as_bytes())?;
         Ok(format!("{signing_input}.{}", encode_segment(&signature)))
@@ -316,6 +339,49 @@ mod tests {
             key.verifying_key()
                 .verify(signing_input.as_bytes(), &signature)
         );
+    }
+
+    #[test]
+    fn signing_key_sign_jws_sets_type_and_verifies() {
+        let key = SigningKey::generate().expect("generate key");
+        let jws = key
+            .sign_jws("example-document", br#"{"seq":1}"#)
+            .expect("sign");
+        let segments: Vec<&str> = jws.split('.').collect();
+        assert_eq!(segments.len(), 3);
+        let decode = |segment: &str| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, segment)
+                .expect("base64url segment")
+        };
+        let header: Value = serde_json::from_slice(&decode(segments[0])).expect("header JSON");
+        assert_eq!(
+            header,
+            json!({"alg": "ES256", "typ": "example-document", "kid": key.kid()})
+        );
+        assert_eq!(decode(segments[1]), br#"{"seq":1}"#);
+        let (signing_input, _) = jws.rsplit_once('.').expect("three segments");
+        assert!(
+            key.verifying_key()
+                .verify(signing_input.as_bytes(), &decode(segments[2]))
+        );
+    }
+
+    #[test]
+    fn load_reads_key_that_load_or_create_wrote() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("warden.pk8");
+        let created = SigningKey::load_or_create(&path).expect("create key");
+        let loaded = SigningKey::load(&path).expect("load key");
+        assert_eq!(loaded.kid(), created.kid());
+    }
+
+    #[test]
+    fn load_never_creates_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing.pk8");
+        let error = SigningKey::load(&path).expect_err("missing key");
+        assert!(matches!(error, IdentityError::Io { .. }), "{error:?}");
+        assert!(!path.exists());
     }
 
     #[test]

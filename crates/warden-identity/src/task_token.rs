@@ -48,6 +48,17 @@ pub struct TaskClaims {
     /// The task this one was delegated from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task_id: Option<String>,
+    /// The root task of a delegated task's chain; absent on a root task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_task_id: Option<String>,
+}
+
+impl TaskClaims {
+    /// Returns the id of the root task: this task's own id unless it was
+    /// delegated. A task tree shares counters such as model budgets.
+    pub fn root_task(&self) -> &str {
+        self.root_task_id.as_deref().unwrap_or(&self.task_id)
+    }
 }
 
 /// Signs and verifies task tokens with Warden's own key.
@@ -246,6 +257,7 @@ mod tests {
             exp: NOW + 600,
             act: None,
             parent_task_id: None,
+            root_task_id: None,
         }
     }
 

@@ -18,6 +18,8 @@ fn tool(server: &str, name: &str, classes: &[&str], input_schema: Value) -> Tool
         annotations: None,
         classes: classes.iter().map(|class| (*class).to_owned()).collect(),
         path_arguments: None,
+        labels: Vec::new(),
+        sum_arguments: Vec::new(),
     }
 }
 
@@ -203,6 +205,7 @@ fn engine() -> PolicyEngine {
     let sources = vec![("bench.cedar".to_owned(), policies())];
     let options = EngineOptions {
         environment: "development".to_owned(),
+        routes: Vec::new(),
     };
     let engine = PolicyEngine::from_sources(&sources, &tools(), options)
         .unwrap_or_else(|error| panic!("bench policies failed to load:\n{error}"));
@@ -222,6 +225,7 @@ fn bench_decide(c: &mut Criterion) {
         chain: vec!["spiffe://acme.test/agent/support-bot".to_owned()],
         depth: 0,
     };
+    let memory = warden_policy::TaskMemory::default();
     let read_arguments = json!({"path": "/srv/data/team7/reports/q3.txt"});
     let write_arguments = json!({"path": "/srv/secret3/keys/prod.pem", "content": "x"});
     let read = StepRequest {
@@ -229,6 +233,8 @@ fn bench_decide(c: &mut Criterion) {
         step: Step::CallTool {
             tool: "fs__read_file",
             arguments: &read_arguments,
+            model_requested: false,
+            memory: &memory,
         },
     };
     let write = StepRequest {
@@ -236,6 +242,8 @@ fn bench_decide(c: &mut Criterion) {
         step: Step::CallTool {
             tool: "fs__write_file",
             arguments: &write_arguments,
+            model_requested: false,
+            memory: &memory,
         },
     };
     assert_eq!(engine.decide(&read).decision, Decision::Allow);
@@ -249,5 +257,61 @@ fn bench_decide(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_decide);
+/// The default pack decides by classes, labels and task memory, so every
+/// call carries a `context.memory` record.
+fn bench_default_pack(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/default");
+    let mut tools = tools();
+    for tool in &mut tools {
+        if tool.name.contains("write") {
+            tool.classes = vec!["write".to_owned()];
+        } else if tool.server == "mail" {
+            tool.classes = vec!["external-send".to_owned()];
+        } else {
+            tool.classes = vec!["read".to_owned()];
+        }
+    }
+    let engine = PolicyEngine::load_dir(
+        &dir,
+        &tools,
+        EngineOptions {
+            environment: "development".to_owned(),
+            routes: Vec::new(),
+        },
+    )
+    .unwrap_or_else(|error| panic!("default pack failed to load:\n{error}"));
+    let task = TaskContext {
+        task_id: "task-1".to_owned(),
+        agent: "spiffe://acme.test/agent/support-bot".to_owned(),
+        trust_domain: "acme.test".to_owned(),
+        user: "user3".to_owned(),
+        intent: "summarise the team reports".to_owned(),
+        tools: vec!["*".to_owned()],
+        chain: vec!["spiffe://acme.test/agent/support-bot".to_owned()],
+        depth: 0,
+    };
+    let mut memory = warden_policy::TaskMemory {
+        calls: 12,
+        ..warden_policy::TaskMemory::default()
+    };
+    memory.labels.insert("untrusted-content".to_owned());
+    memory.class_calls.insert("read".to_owned(), 9);
+    memory.class_calls.insert("write".to_owned(), 3);
+    let read_arguments = json!({"path": "/srv/data/team7/reports/q3.txt"});
+    let read = StepRequest {
+        task: &task,
+        step: Step::CallTool {
+            tool: "fs__read_file",
+            arguments: &read_arguments,
+            model_requested: true,
+            memory: &memory,
+        },
+    };
+    assert_eq!(engine.decide(&read).decision, Decision::Allow);
+    c.bench_function("decide read with task memory, default pack", |b| {
+        b.iter(|| black_box(engine.decide(black_box(&read))))
+    });
+}
+
+criterion_group!(benches, bench_decide, bench_default_pack);
 criterion_main!(benches);

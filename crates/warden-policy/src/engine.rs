@@ -32,9 +32,10 @@ use crate::arguments::types::{RecordType, arguments_type};
 use crate::error::PolicyLoadError;
 use crate::load::{LoadedPolicy, load_policies};
 use crate::schema::{
-    DELEGATE, GET_PROMPT, LIST_TOOLS, NAMESPACE, READ_RESOURCE, START_TASK, schema_json,
+    CALL_MODEL, DELEGATE, GET_PROMPT, LIST_TOOLS, MemoryShape, NAMESPACE, READ_RESOURCE,
+    SERVER_REQUEST, START_TASK, schema_json,
 };
-use crate::{EngineOptions, ToolDef};
+use crate::{EngineOptions, RouteDef, ToolDef};
 
 /// File name extension of policy files in a policy directory.
 const POLICY_EXTENSION: &str = "cedar";
@@ -57,6 +58,13 @@ pub struct PolicyEngine {
     delegate: ActionPolicies,
     read_resource: ActionPolicies,
     get_prompt: ActionPolicies,
+    server_request: ActionPolicies,
+    call_model: ActionPolicies,
+    routes: HashMap<String, CompiledRoute>,
+    /// Class and sum names of `context.memory`.
+    memory: MemoryShape,
+    /// Whether any policy reads `context.memory`.
+    uses_memory: bool,
     policy_count: usize,
     /// Non-empty `@reason` and `@hold` texts by policy id, read once at
     /// load because Cedar parses the key on every annotation lookup.
@@ -77,6 +85,8 @@ struct TypeNames {
     tool: EntityTypeName,
     resource: EntityTypeName,
     prompt: EntityTypeName,
+    model: EntityTypeName,
+    route: EntityTypeName,
     path: EntityTypeName,
     gateway: EntityTypeName,
     action: EntityTypeName,
@@ -93,6 +103,60 @@ struct CompiledTool {
     call: ActionPolicies,
     /// Policies for listing this tool.
     list: ActionPolicies,
+}
+
+/// An HTTP route with everything a request to it needs.
+struct CompiledRoute {
+    uid: EntityUid,
+    /// The route entity.
+    entity: Entity,
+    /// Type of `context.body`, when the route declares a body schema.
+    body: Option<RecordType>,
+    /// Names of the query parameters declared in `context.query`.
+    query_params: Vec<String>,
+    policies: ActionPolicies,
+}
+
+impl CompiledRoute {
+    fn new(
+        names: &TypeNames,
+        route: &RouteDef,
+        body: Option<RecordType>,
+        policies: &[LoadedPolicy],
+        action_entities: &Entities,
+    ) -> Result<CompiledRoute, PolicyLoadError> {
+        let uid = names.uid(&names.route, &route.name);
+        let classes = route
+            .classes
+            .iter()
+            .map(|class| RestrictedExpression::new_string(class.clone()));
+        let labels = route
+            .labels
+            .iter()
+            .map(|label| RestrictedExpression::new_string(label.clone()));
+        let attributes = [
+            ("name", RestrictedExpression::new_string(route.name.clone())),
+            ("classes", RestrictedExpression::new_set(classes)),
+            ("labels", RestrictedExpression::new_set(labels)),
+            ("host", RestrictedExpression::new_string(route.host.clone())),
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
+        let entity = Entity::new_with_tags(uid.clone(), attributes, [], []).map_err(|error| {
+            PolicyLoadError::Tool {
+                tool: route.action(),
+                message: error.to_string(),
+            }
+        })?;
+        let policies =
+            ActionPolicies::new(names, &route.action(), None, policies, action_entities)?;
+        Ok(CompiledRoute {
+            uid,
+            entity,
+            body,
+            query_params: route.query_params.clone(),
+            policies,
+        })
+    }
 }
 
 /// The policies whose scope can match one action, optionally on one tool,
@@ -156,10 +220,20 @@ impl PolicyEngine {
     ) -> Result<PolicyEngine, PolicyLoadError> {
         let names = TypeNames::new()?;
         let argument_types = tool_argument_types(tools)?;
+        let route_types = route_body_types(&options.routes)?;
+        let memory = memory_shape(tools, &options.routes);
         let schema_value = schema_json(
             argument_types
                 .iter()
                 .map(|(qualified, arguments, _)| (qualified.as_str(), arguments)),
+            options
+                .routes
+                .iter()
+                .zip(&route_types)
+                .map(|(route, body)| {
+                    (route.action(), route.query_params.as_slice(), body.as_ref())
+                }),
+            &memory,
         );
         let schema_text = SchemaFragment::from_json_value(schema_value.clone())
             .map_err(|error| schema_error(&error))?
@@ -191,6 +265,18 @@ impl PolicyEngine {
         let delegate = global(DELEGATE)?;
         let read_resource = global(READ_RESOURCE)?;
         let get_prompt = global(GET_PROMPT)?;
+        let server_request = global(SERVER_REQUEST)?;
+        let call_model = global(CALL_MODEL)?;
+        // A conservative test on the text: a policy that mentions `memory`
+        // anywhere counts as reading it.
+        let uses_memory = policies
+            .iter()
+            .any(|entry| entry.policy.to_string().contains("memory"));
+        let mut routes = HashMap::with_capacity(options.routes.len());
+        for (route, body) in options.routes.iter().zip(route_types) {
+            let compiled = CompiledRoute::new(&names, route, body, &policies, &action_entities)?;
+            routes.insert(route.name.clone(), compiled);
+        }
 
         tracing::info!(
             policy.count = policies.len(),
@@ -209,6 +295,11 @@ impl PolicyEngine {
             delegate,
             read_resource,
             get_prompt,
+            server_request,
+            call_model,
+            routes,
+            memory,
+            uses_memory,
             policy_count: policies.len(),
             texts: policies
                 .iter()
@@ -235,6 +326,12 @@ impl PolicyEngine {
         self.schema_text.clone()
     }
 
+    /// Returns true when some policy reads `context.memory`; the gateway
+    /// keeps task memory only then.
+    pub fn uses_memory(&self) -> bool {
+        self.uses_memory
+    }
+
     /// Returns the number of loaded policies, hold policies included.
     pub fn policy_count(&self) -> usize {
         self.policy_count
@@ -258,6 +355,8 @@ impl TypeNames {
             tool: name("Tool")?,
             resource: name("Resource")?,
             prompt: name("Prompt")?,
+            model: name("Model")?,
+            route: name("Route")?,
             path: name("Path")?,
             gateway: name("Gateway")?,
             action: name("Action")?,
@@ -294,10 +393,14 @@ impl CompiledTool {
 
         let server_uid = names.uid(&names.server, &definition.server);
         let uid = names.uid(&names.tool, &qualified);
-        let classes = definition
-            .classes
+        let effective_classes = definition.effective_classes();
+        let classes = effective_classes
             .iter()
             .map(|class| RestrictedExpression::new_string(class.clone()));
+        let labels = definition
+            .effective_labels()
+            .into_iter()
+            .map(RestrictedExpression::new_string);
         let attributes = [
             ("name", RestrictedExpression::new_string(qualified.clone())),
             (
@@ -309,6 +412,7 @@ impl CompiledTool {
                 RestrictedExpression::new_string(definition.name.clone()),
             ),
             ("classes", RestrictedExpression::new_set(classes)),
+            ("labels", RestrictedExpression::new_set(labels)),
             ("read_only", RestrictedExpression::new_bool(read_only)),
             ("destructive", RestrictedExpression::new_bool(destructive)),
             ("open_world", RestrictedExpression::new_bool(open_world)),
@@ -326,7 +430,7 @@ impl CompiledTool {
                 name: &qualified,
                 server: &definition.server,
                 tool: &definition.name,
-                classes: &definition.classes,
+                classes: &effective_classes,
                 read_only,
                 destructive,
                 open_world,
@@ -448,6 +552,56 @@ fn tool_argument_types(
         result.push((qualified, arguments, tool));
     }
     Ok(result)
+}
+
+/// Collects the class names (standard ones, every tool's and every
+/// route's) and summed argument names that `context.memory` carries.
+fn memory_shape(tools: &[ToolDef], routes: &[RouteDef]) -> MemoryShape {
+    let mut classes: std::collections::BTreeSet<String> = crate::STANDARD_CLASSES
+        .iter()
+        .map(|class| (*class).to_owned())
+        .collect();
+    let mut sums = std::collections::BTreeSet::new();
+    for tool in tools {
+        classes.extend(tool.effective_classes());
+        sums.extend(tool.sum_arguments.iter().cloned());
+    }
+    for route in routes {
+        classes.extend(route.classes.iter().cloned());
+    }
+    MemoryShape {
+        classes: classes.into_iter().collect(),
+        sums: sums.into_iter().collect(),
+    }
+}
+
+/// Translates each route's body schema, in the order of `routes`.
+fn route_body_types(routes: &[RouteDef]) -> Result<Vec<Option<RecordType>>, PolicyLoadError> {
+    let mut seen = HashSet::new();
+    let mut types = Vec::with_capacity(routes.len());
+    for route in routes {
+        if !seen.insert(route.name.as_str()) {
+            return Err(PolicyLoadError::Tool {
+                tool: route.action(),
+                message: "two routes have this name".to_owned(),
+            });
+        }
+        let body =
+            match &route.body_schema {
+                None => None,
+                Some(schema) => Some(arguments_type(schema, None).map_err(|error| {
+                    PolicyLoadError::Tool {
+                        tool: route.action(),
+                        message: format!(
+                            "body schema property \"{}\" {}; fix body_schema in the configuration",
+                            error.argument, error.problem
+                        ),
+                    }
+                })?),
+            };
+        types.push(body);
+    }
+    Ok(types)
 }
 
 fn schema_error(error: &dyn std::fmt::Display) -> PolicyLoadError {

@@ -171,23 +171,66 @@ fn validate(
             policy_id: id.to_string(),
         },
     };
-    let warnings = result.validation_warnings().map(|warning| {
-        let message = format!(
-            "{}; Warden rejects policies with validation warnings, so fix or remove it",
-            diagnostic_message(warning)
-        );
-        locate(warning.policy_id(), first_label_offset(warning), message)
-    });
-    let errors = result.validation_errors().map(|error| {
-        let id = error.policy_id();
-        // Cedar opens each message with the policy id, which the problem
-        // already shows at its end.
-        let full = diagnostic_message(error);
-        let prefix = format!("for policy `{id}`, ");
-        let message = full.strip_prefix(&prefix).unwrap_or(&full).to_owned();
-        locate(id, first_label_offset(error), message)
-    });
+    // A policy scoped only to action groups that have no member here (the
+    // route group on a gateway without routes) is "impossible" for this
+    // deployment, not wrong: a shared pack must load everywhere.
+    let empty_groups = empty_action_groups(schema);
+    let dormant = |id: &PolicyId| {
+        by_id
+            .get(id)
+            .is_some_and(|entry| match entry.policy.action_constraint() {
+                cedar_policy::ActionConstraint::In(scopes) => {
+                    !scopes.is_empty() && scopes.iter().all(|scope| empty_groups.contains(scope))
+                }
+                _ => false,
+            })
+    };
+    let warnings = result
+        .validation_warnings()
+        .filter(|warning| !dormant(warning.policy_id()))
+        .map(|warning| {
+            let message = format!(
+                "{}; Warden rejects policies with validation warnings, so fix or remove it",
+                diagnostic_message(warning)
+            );
+            locate(warning.policy_id(), first_label_offset(warning), message)
+        });
+    let errors = result
+        .validation_errors()
+        .filter(|error| !dormant(error.policy_id()))
+        .map(|error| {
+            let id = error.policy_id();
+            // Cedar opens each message with the policy id, which the problem
+            // already shows at its end.
+            let full = diagnostic_message(error);
+            let prefix = format!("for policy `{id}`, ");
+            let message = full.strip_prefix(&prefix).unwrap_or(&full).to_owned();
+            locate(id, first_label_offset(error), message)
+        });
     collapse_repeats(warnings.chain(errors).collect())
+}
+
+/// Returns the action groups of the schema that no action belongs to.
+fn empty_action_groups(schema: &Schema) -> std::collections::HashSet<cedar_policy::EntityUid> {
+    let Ok(actions) = schema.action_entities() else {
+        return Default::default();
+    };
+    let groups: std::collections::HashSet<cedar_policy::EntityUid> =
+        [crate::schema::CALL_TOOL, crate::schema::HTTP_REQUEST]
+            .iter()
+            .filter_map(|group| {
+                format!("{NAMESPACE}::Action::\"{group}\"")
+                    .parse::<cedar_policy::EntityUid>()
+                    .ok()
+            })
+            .collect();
+    let mut used = std::collections::HashSet::new();
+    for entity in actions.iter() {
+        if let Some(ancestors) = actions.ancestors(&entity.uid()) {
+            used.extend(ancestors.cloned());
+        }
+    }
+    groups.difference(&used).cloned().collect()
 }
 
 /// Annotations Warden reads; any other is most likely a typo that would

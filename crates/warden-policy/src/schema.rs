@@ -25,11 +25,51 @@ pub(crate) const CALL_TOOL: &str = "call_tool";
 pub(crate) const READ_RESOURCE: &str = "read_resource";
 /// Action that fetches one prompt.
 pub(crate) const GET_PROMPT: &str = "get_prompt";
+/// Action that calls a model API.
+pub(crate) const CALL_MODEL: &str = "call_model";
+/// Action that lets an upstream's request to the agent (sampling,
+/// elicitation) through to the agent.
+pub(crate) const SERVER_REQUEST: &str = "server_request";
+/// Action group of all HTTP route requests.
+pub(crate) const HTTP_REQUEST: &str = "http_request";
 
 /// Returns the schema in Cedar's JSON schema format for tools given as
 /// (qualified name, argument record) pairs.
-pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a RecordType)>) -> Value {
+pub(crate) fn schema_json<'a>(
+    tools: impl IntoIterator<Item = (&'a str, &'a RecordType)>,
+    routes: impl IntoIterator<Item = (String, &'a [String], Option<&'a RecordType>)>,
+    memory: &MemoryShape,
+) -> Value {
     let mut actions = Map::new();
+    actions.insert(HTTP_REQUEST.to_owned(), json!({}));
+    for (action_id, query_params, body) in routes {
+        let query = record(
+            query_params
+                .iter()
+                .map(|name| (name.as_str(), optional(string()))),
+        );
+        let mut context = common_context();
+        context.extend([
+            ("method", string()),
+            ("path", json!({ "type": "Entity", "name": "Path" })),
+            ("path_text", string()),
+            ("query", query),
+            ("query_names", string_set()),
+            ("has_body", boolean()),
+            ("content_type", string()),
+            ("memory", json!({ "type": "Memory" })),
+            (
+                "destination",
+                record([("scheme", string()), ("host", string()), ("port", long())]),
+            ),
+        ]);
+        if let Some(body) = body {
+            context.push(("body", optional(body.cedar_json())));
+        }
+        let mut action = applies_to("Agent", "Route", record(context));
+        action["memberOf"] = json!([{ "id": HTTP_REQUEST }]);
+        actions.insert(action_id, action);
+    }
     actions.insert(
         START_TASK.to_owned(),
         applies_to(
@@ -80,15 +120,50 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
             record(common_context().into_iter().chain([("server", string())])),
         ),
     );
+    actions.insert(
+        SERVER_REQUEST.to_owned(),
+        applies_to(
+            "Agent",
+            "Server",
+            record(common_context().into_iter().chain([
+                ("server", string()),
+                ("method", string()),
+                ("tool", string()),
+            ])),
+        ),
+    );
+    actions.insert(
+        CALL_MODEL.to_owned(),
+        applies_to(
+            "Agent",
+            "Model",
+            record(common_context().into_iter().chain([
+                ("provider", string()),
+                ("model", string()),
+                ("stream", boolean()),
+                ("max_tokens", long()),
+                ("tools", string_set()),
+                (
+                    "usage",
+                    record([
+                        ("calls", long()),
+                        ("input_tokens", long()),
+                        ("output_tokens", long()),
+                        ("total_tokens", long()),
+                    ]),
+                ),
+            ])),
+        ),
+    );
     for (qualified, arguments) in tools {
         let mut action = applies_to(
             "Agent",
             "Tool",
-            record(
-                common_context()
-                    .into_iter()
-                    .chain([("arguments", arguments.cedar_json())]),
-            ),
+            record(common_context().into_iter().chain([
+                ("arguments", arguments.cedar_json()),
+                ("model_requested", boolean()),
+                ("memory", json!({ "type": "Memory" })),
+            ])),
         );
         action["memberOf"] = json!([{ "id": CALL_TOOL }]);
         actions.insert(qualified.to_owned(), action);
@@ -97,6 +172,7 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
     json!({
         NAMESPACE: {
             "commonTypes": {
+                "Memory": memory.cedar_json(),
                 "Task": record([
                     ("id", string()),
                     ("intent", string()),
@@ -118,6 +194,7 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
                         ("server", string()),
                         ("tool", string()),
                         ("classes", string_set()),
+                        ("labels", string_set()),
                         ("read_only", boolean()),
                         ("destructive", boolean()),
                         ("open_world", boolean()),
@@ -131,12 +208,48 @@ pub(crate) fn schema_json<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Reco
                     "memberOfTypes": ["Server"],
                     "shape": record([("name", string())]),
                 },
+                "Route": {
+                    "shape": record([
+                        ("name", string()),
+                        ("classes", string_set()),
+                        ("labels", string_set()),
+                        ("host", string()),
+                    ]),
+                },
+                "Model": {
+                    "shape": record([("provider", string()), ("name", string())]),
+                },
                 "Path": { "memberOfTypes": ["Path"] },
                 "Gateway": {},
             },
             "actions": actions,
         }
     })
+}
+
+/// The attribute names of `context.memory`: every class and every summed
+/// argument name that a policy may test.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemoryShape {
+    pub(crate) classes: Vec<String>,
+    pub(crate) sums: Vec<String>,
+}
+
+impl MemoryShape {
+    fn cedar_json(&self) -> Value {
+        let decimal = || json!({ "type": "Extension", "name": "decimal" });
+        let sums = || record(self.sums.iter().map(|name| (name.as_str(), decimal())));
+        record([
+            ("labels", string_set()),
+            ("calls", long()),
+            (
+                "class_calls",
+                record(self.classes.iter().map(|name| (name.as_str(), long()))),
+            ),
+            ("sums", sums()),
+            ("sums_with_call", sums()),
+        ])
+    }
 }
 
 fn common_context() -> Vec<(&'static str, Value)> {
@@ -170,6 +283,15 @@ fn string() -> Value {
 
 fn boolean() -> Value {
     json!({ "type": "Boolean" })
+}
+
+fn optional(mut kind: Value) -> Value {
+    kind["required"] = Value::Bool(false);
+    kind
+}
+
+fn long() -> Value {
+    json!({ "type": "Long" })
 }
 
 fn string_set() -> Value {
@@ -209,7 +331,7 @@ mod tests {
     #[test]
     fn schema_json_is_accepted_by_cedar() {
         let arguments = sample_arguments();
-        let value = schema_json([("fs__read_file", &arguments)]);
+        let value = schema_json([("fs__read_file", &arguments)], [], &MemoryShape::default());
         let schema = Schema::from_json_value(value);
         assert!(schema.is_ok(), "{:?}", schema.err());
     }
@@ -217,7 +339,7 @@ mod tests {
     #[test]
     fn schema_text_shows_tool_argument_types() {
         let arguments = sample_arguments();
-        let value = schema_json([("fs__read_file", &arguments)]);
+        let value = schema_json([("fs__read_file", &arguments)], [], &MemoryShape::default());
         let text = SchemaFragment::from_json_value(value)
             .expect("fragment parses")
             .to_cedarschema()

@@ -5,7 +5,8 @@
 //! `sha256_hex(prev_hash + "\n" + canonical JSON of {seq, record fields})`.
 //! The first record links to [`GENESIS_HASH`]. Changing, removing, adding
 //! or moving a record therefore breaks the chain at that record or at the
-//! one after it, and [`verify_chain`] names that record's seq.
+//! one after it. [`verify_chain`] names the record where the check fails,
+//! and [`first_bad_seq`] finds the record that was actually changed.
 
 use serde_json::{Map, Value};
 use warden_core::json::canonical;
@@ -41,8 +42,8 @@ pub fn record_hash(prev_hash: &str, seq: i64, record: &NewAuditRecord) -> String
 /// NOTE: the hash is unkeyed, so the chain detects changes made without
 /// recomputing it, but a writer with access to the database can rebuild a
 /// consistent chain, and removing the newest records leaves a valid but
-/// shorter chain. Comparing the head with a copy exported elsewhere (OTLP,
-/// JSON lines) catches both.
+/// shorter chain. Signed checkpoints of the head ([`crate::Checkpoint`]),
+/// or a copy of the head exported elsewhere (OTLP, JSON lines), catch both.
 pub fn verify_chain(records: &[AuditRecord], expected_prev: &str) -> Result<(), ChainError> {
     let mut prev_hash = expected_prev.to_owned();
     let mut expected_seq = (expected_prev == GENESIS_HASH).then_some(1);
@@ -75,6 +76,33 @@ pub fn verify_chain(records: &[AuditRecord], expected_prev: &str) -> Result<(), 
         expected_seq = stored.seq.checked_add(1);
     }
     Ok(())
+}
+
+/// Returns the seq of the first record that was changed, removed, inserted
+/// or moved, given the error of [`verify_chain`] and the record it names.
+///
+/// - A seq gap names the missing seq.
+/// - A content change names the record itself.
+/// - A broken link names the record before it when the record still
+///   hashes correctly from its own `prev_hash` at its seq, or at the seq
+///   before (it was pushed up one place by an inserted record): then the
+///   record itself is as it was written, and its predecessor is new or
+///   changed. Otherwise the record itself was changed or moved.
+pub fn first_bad_seq(error: &ChainError, record: &AuditRecord) -> i64 {
+    match error {
+        ChainError::Sequence { expected, .. } => *expected,
+        ChainError::Hash { seq, .. } => *seq,
+        ChainError::Link { seq, .. } => {
+            let hashes_at =
+                |at: i64| record_hash(&record.prev_hash, at, &record.record) == record.hash;
+            let predecessor = seq - 1;
+            if predecessor >= 1 && (hashes_at(*seq) || hashes_at(predecessor)) {
+                predecessor
+            } else {
+                *seq
+            }
+        }
+    }
 }
 
 /// Builds the JSON object that [`record_hash`] hashes. It is built by hand,
@@ -216,6 +244,7 @@ mod tests {
         let error = verify_chain(&records, GENESIS_HASH).expect_err("edit detected");
         assert!(matches!(error, ChainError::Link { .. }), "{error}");
         assert_eq!(error.seq(), 4);
+        assert_eq!(first_bad_seq(&error, &records[3]), 3);
     }
 
     #[test]
@@ -231,6 +260,7 @@ mod tests {
                 expected: 2
             }
         );
+        assert_eq!(first_bad_seq(&error, &records[1]), 2);
     }
 
     #[test]
@@ -260,6 +290,7 @@ mod tests {
         let error = verify_chain(&records, GENESIS_HASH).expect_err("insert detected");
         assert!(matches!(error, ChainError::Link { .. }), "{error}");
         assert_eq!(error.seq(), 4);
+        assert_eq!(first_bad_seq(&error, &records[3]), 3);
     }
 
     #[test]
@@ -272,6 +303,42 @@ mod tests {
         let error = verify_chain(&records, GENESIS_HASH).expect_err("reorder detected");
         assert!(matches!(error, ChainError::Link { .. }), "{error}");
         assert_eq!(error.seq(), 2);
+        assert_eq!(first_bad_seq(&error, &records[1]), 2);
+    }
+
+    #[test]
+    fn first_bad_seq_of_edit_is_record() {
+        let mut records = chain(4);
+        records[1].record.user = "mallory".into();
+
+        let error = verify_chain(&records, GENESIS_HASH).expect_err("edit detected");
+
+        assert_eq!(first_bad_seq(&error, &records[1]), 2);
+    }
+
+    #[test]
+    fn first_bad_seq_of_renumbered_delete_is_gap() {
+        let mut records = chain(5);
+        records.remove(2);
+        for stored in records.iter_mut().skip(2) {
+            stored.seq -= 1;
+        }
+
+        let error = verify_chain(&records, GENESIS_HASH).expect_err("delete detected");
+
+        assert!(matches!(error, ChainError::Link { seq: 3, .. }), "{error}");
+        assert_eq!(first_bad_seq(&error, &records[2]), 3);
+    }
+
+    #[test]
+    fn first_bad_seq_of_edited_link_is_record() {
+        let mut records = chain(4);
+        records[2].prev_hash = "1".repeat(64);
+
+        let error = verify_chain(&records, GENESIS_HASH).expect_err("edit detected");
+
+        assert!(matches!(error, ChainError::Link { seq: 3, .. }), "{error}");
+        assert_eq!(first_bad_seq(&error, &records[2]), 3);
     }
 
     #[test]

@@ -167,6 +167,15 @@ pub enum StoreError {
         message: String,
     },
 
+    /// A checkpoint was rejected before it was stored.
+    #[error("cannot store the audit checkpoint of seq {seq}: {message}")]
+    InvalidCheckpoint {
+        /// The seq of the rejected checkpoint.
+        seq: i64,
+        /// The defect and how to fix it.
+        message: String,
+    },
+
     /// No approval has the given id.
     #[error("no approval {approval_id}; list pending ones with GET /v1/approvals")]
     ApprovalNotFound {
@@ -215,6 +224,69 @@ pub enum StoreError {
         /// Number of records lost.
         records: u64,
         /// The last commit error.
+        message: String,
+    },
+
+    /// The PostgreSQL URL is invalid, or no connection could be made at
+    /// start.
+    #[error(
+        "cannot connect to {store}: {source}; check [store] url (or the variable that [store] url_env names) and that PostgreSQL runs and accepts connections"
+    )]
+    Connect {
+        /// Description of the store, without the password.
+        store: String,
+        /// The backend error.
+        source: BoxError,
+    },
+
+    /// A PostgreSQL schema migration failed.
+    #[error(
+        "cannot migrate {store} to schema version {version}: {source}; check that the database user may create tables in the database"
+    )]
+    MigrateDatabase {
+        /// Description of the store, without the password.
+        store: String,
+        /// The schema version that failed to apply.
+        version: i64,
+        /// The backend error.
+        source: BoxError,
+    },
+
+    /// The database has a schema that this build cannot use: written by a
+    /// newer Warden, or, for a read-only open, not migrated yet.
+    #[error("{store} has schema version {found}, but this Warden uses version {expected}; {fix}")]
+    SchemaVersion {
+        /// Description of the store, without the password.
+        store: String,
+        /// The schema version in the database.
+        found: i64,
+        /// The schema version this build uses.
+        expected: i64,
+        /// What to do about it.
+        fix: &'static str,
+    },
+
+    /// The database could not be reached, so the operation did not run.
+    #[error(
+        "{operation} failed: {store} is unreachable: {source}; check that PostgreSQL runs and accepts connections, then retry"
+    )]
+    Unavailable {
+        /// Description of the store, without the password.
+        store: String,
+        /// The attempted operation.
+        operation: String,
+        /// The backend error.
+        source: BoxError,
+    },
+
+    /// A value contains text that the backend cannot store.
+    #[error("cannot store {value} in {store}: {message}")]
+    Unstorable {
+        /// Description of the store.
+        store: String,
+        /// The rejected value, e.g. `task "t-1"`.
+        value: String,
+        /// The defect and how to fix it.
         message: String,
     },
 

@@ -3,9 +3,10 @@
 //!
 //! The gateway and the CLI talk to storage only through the [`Store`] trait,
 //! so a deployment can choose its backend without touching the callers.
-//! [`SqliteStore`] is the embedded backend. The trait and the record types
-//! mention no backend type, so another backend (PostgreSQL, for replicas
-//! that share one store) implements the same interface.
+//! [`SqliteStore`] is the embedded backend, for one gateway process.
+//! [`PostgresStore`] lets several gateway replicas share one state: it
+//! publishes revocations and approval decisions to every replica as
+//! [`StoreEvent`]s, and its audit writers append to one hash chain.
 //!
 //! An approval binds one held tool call (task, qualified tool name and hash
 //! of the canonical arguments) to a human decision. It lets that call
@@ -13,18 +14,22 @@
 //!
 //! Audit records form a hash chain: every stored record carries the hash of
 //! the record before it, and [`verify_chain`] recomputes the chain to find
-//! the first record that was edited, deleted, inserted or moved.
+//! the first record that was edited, deleted, inserted or moved. Signed
+//! [`Checkpoint`]s of the chain's head also expose a deleted tail and a
+//! chain rebuilt after an edit, which the hash chain alone cannot show.
 
 mod chain;
 mod check;
 mod error;
+mod postgres;
 mod sqlite;
 
 use serde::{Deserialize, Serialize};
 use warden_core::Decision;
 
-pub use chain::{GENESIS_HASH, record_hash, verify_chain};
+pub use chain::{GENESIS_HASH, first_bad_seq, record_hash, verify_chain};
 pub use error::{BoxError, ChainError, StoreError};
+pub use postgres::{PostgresOptions, PostgresStore, redact_url};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// One task: a unit of work that an agent runs for a user, with its scope,
@@ -204,6 +209,87 @@ pub struct ApprovalRecord {
     pub consumed_at: Option<i64>,
 }
 
+/// A signed statement of the audit chain's head at one moment.
+///
+/// Warden signs `{"seq", "hash", "created_at"}` with its signing key as a
+/// compact JWS. A checkpoint fixes every record up to `seq`: removing the
+/// newest records, or rebuilding the chain after an edit, no longer matches
+/// a checkpoint that an attacker cannot re-sign.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    /// Seq of the newest record covered.
+    pub seq: i64,
+    /// Hash of the record at `seq`.
+    pub hash: String,
+    /// Time of signing, in unix seconds.
+    pub created_at: i64,
+    /// Compact JWS (ES256) over the canonical JSON of `seq`, `hash` and
+    /// `created_at`, with the signing key's id in the `kid` header.
+    pub signature: String,
+}
+
+/// The pinned definition of one upstream tool.
+///
+/// `hash` and `definition` are what an operator accepted (or what Warden
+/// saw first, which it accepts on first use unless it hides text); the
+/// `pending_*` fields hold a definition the server offers now that nobody
+/// has accepted, which keeps the tool blocked.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ToolPin {
+    /// Qualified tool name, `{server}__{tool}`.
+    pub tool: String,
+    /// SHA-256 of the accepted definition; `None` when none is accepted.
+    pub hash: Option<String>,
+    /// The accepted definition.
+    pub definition: Option<serde_json::Value>,
+    /// When the definition was accepted, in unix seconds.
+    pub accepted_at: Option<i64>,
+    /// Who accepted it (`first use` for a definition pinned on first sight).
+    pub accepted_by: Option<String>,
+    /// SHA-256 of the definition waiting for review.
+    pub pending_hash: Option<String>,
+    /// The definition waiting for review.
+    pub pending_definition: Option<serde_json::Value>,
+    /// Why the pending definition is blocked.
+    pub pending_reason: Option<String>,
+    /// When Warden last compared the tool with its pin, in unix seconds.
+    pub seen_at: i64,
+}
+
+/// Receives audit records after their batch is committed, with their seq
+/// and hashes, e.g. to export them as spans.
+///
+/// It is called on the audit writer's thread, so it must return at once:
+/// hand the records to a queue and never block or wait for I/O.
+pub trait AuditObserver: Send + Sync + 'static {
+    /// Called once per committed batch, in seq order.
+    fn committed(&self, records: &[AuditRecord]);
+
+    /// Called after a checkpoint is stored.
+    fn checkpointed(&self, _checkpoint: &Checkpoint) {}
+}
+
+/// A change made through any store that shares the backend, published so
+/// that caches in every process can follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// These tasks were revoked at `revoked_at` (unix seconds).
+    TaskRevoked {
+        /// Ids of the revoked tasks.
+        task_ids: Vec<String>,
+        /// The revocation time, in unix seconds.
+        revoked_at: i64,
+    },
+    /// An approval was approved or denied.
+    ApprovalDecided {
+        /// Id of the decided approval.
+        approval_id: String,
+    },
+    /// Events may have been missed, for example while the connection to
+    /// the database was lost: drop every cached state and read it again.
+    Resync,
+}
+
 /// Warden's durable state behind one interface.
 ///
 /// Methods that take a time take it in unix seconds, so callers decide the
@@ -330,6 +416,62 @@ pub trait Store: Send + Sync + 'static {
     /// Returns true exactly once per approval. Returns false when the
     /// approval is pending, denied, expired, already consumed or unknown.
     async fn consume_approval(&self, approval_id: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Returns the seq and hash of the newest committed audit record, or
+    /// `None` when the log is empty.
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError>;
+
+    /// Stores a signed checkpoint. Storing a checkpoint of a seq that has
+    /// one already does nothing.
+    ///
+    /// Fails with [`StoreError::InvalidCheckpoint`] when no audit record
+    /// has the checkpoint's seq or that record has another hash. The store
+    /// does not check the signature.
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Loads every checkpoint, in seq order.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Adds each `(name, delta)` to the counter `name` of `scope` in one
+    /// transaction (a counter starts at 0) and returns every counter of
+    /// `scope` after the addition. Concurrent additions are never lost, and
+    /// a sum beyond the range of `i64` saturates at its bound.
+    ///
+    /// Scopes are trace ids, so a task and the tasks delegated from it
+    /// share their counters (model calls, tokens).
+    async fn add_counters(
+        &self,
+        scope: &str,
+        deltas: &[(&str, i64)],
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
+
+    /// Returns every counter of `scope`; empty when none was added.
+    async fn counters(
+        &self,
+        scope: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
+
+    /// Subscribes to the changes made through every store that shares this
+    /// one's backend, this store included.
+    ///
+    /// Returns `None` when the backend publishes no events because one
+    /// process owns it (SQLite), since that process makes every change
+    /// itself. A subscriber that lags behind receives `RecvError::Lagged`
+    /// and must treat it as [`StoreEvent::Resync`].
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
+
+    /// Loads every tool pin. A backend without pins returns none, so every
+    /// start pins what it sees, as on first use.
+    async fn tool_pins(&self) -> Result<Vec<ToolPin>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Stores a tool pin, replacing the pin of the same tool.
+    async fn save_tool_pin(&self, _pin: &ToolPin) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Checks that the store runs queries and that its audit writer runs.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -8,10 +8,14 @@
 //! through a small pool of read-only connections (WAL lets them run beside
 //! a writer), and audit records through the writer thread in
 //! [`writer`]. Every SQL statement lives in [`sql`].
+//!
+//! An [`AuditObserver`] set in [`SqliteOptions`] receives each committed
+//! batch of audit records and each stored checkpoint.
 
 mod sql;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,17 +24,19 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tracing::info;
 
-use self::sql::{ApprovalDecision, ApprovalInsert, DbError, SchemaState, TaskInsert};
+use self::sql::{
+    ApprovalDecision, ApprovalInsert, CheckpointInsert, DbError, SchemaState, TaskInsert,
+};
 use self::writer::{AuditQueue, BatchSettings, LostRecords};
 use crate::check::check_new_approval;
 use crate::{
-    ApprovalRecord, ApprovalStatus, AuditRecord, NewAuditRecord, Store, StoreError, TaskRecord,
-    TraceSummary,
+    ApprovalRecord, ApprovalStatus, AuditObserver, AuditRecord, Checkpoint, NewAuditRecord, Store,
+    StoreError, TaskRecord, TraceSummary,
 };
 
 /// Tuning of a [`SqliteStore`]. `SqliteOptions::default()` suits a single
 /// gateway.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteOptions {
     /// Capacity of the audit queue, in records; appends beyond it are
     /// dropped and counted. Default 65536.
@@ -46,6 +52,10 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Number of read connections. Default 4.
     pub read_connections: usize,
+    /// Receiver of committed audit records and stored checkpoints. It is
+    /// called on the audit writer's thread, and by the caller of
+    /// [`Store::insert_checkpoint`]. Default none.
+    pub observer: Option<Arc<dyn AuditObserver>>,
 }
 
 impl Default for SqliteOptions {
@@ -56,7 +66,21 @@ impl Default for SqliteOptions {
             batch_window: Duration::from_millis(5),
             busy_timeout: Duration::from_secs(5),
             read_connections: 4,
+            observer: None,
         }
+    }
+}
+
+impl std::fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("queue_capacity", &self.queue_capacity)
+            .field("batch_max_records", &self.batch_max_records)
+            .field("batch_window", &self.batch_window)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("read_connections", &self.read_connections)
+            .field("observer", &self.observer.as_ref().map(|_| "AuditObserver"))
+            .finish()
     }
 }
 
@@ -70,6 +94,7 @@ pub struct SqliteStore {
     /// The audit writer, absent in a read-only store.
     audit: Option<AuditQueue>,
     lost: Arc<LostRecords>,
+    observer: Option<Arc<dyn AuditObserver>>,
 }
 
 impl SqliteStore {
@@ -119,6 +144,7 @@ impl SqliteStore {
             settings,
             db.label.clone(),
             Arc::clone(&lost),
+            options.observer.clone(),
         )
         .map_err(|source| StoreError::Open {
             path: path.to_owned(),
@@ -130,6 +156,7 @@ impl SqliteStore {
             db,
             audit: Some(audit),
             lost,
+            observer: options.observer.clone(),
         })
     }
 
@@ -172,6 +199,7 @@ impl SqliteStore {
             db: Arc::new(Database::new(path, None, readers)),
             audit: None,
             lost: Arc::new(LostRecords::new()),
+            observer: None,
         })
     }
 
@@ -456,6 +484,91 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        self.read("load the audit head".into(), sql::select_audit_head)
+            .await
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let owned = checkpoint.clone();
+        let outcome = self
+            .write(
+                format!("insert checkpoint of seq {}", checkpoint.seq),
+                move |conn| sql::insert_checkpoint(conn, &owned),
+            )
+            .await?;
+        let invalid = |message: String| StoreError::InvalidCheckpoint {
+            seq: checkpoint.seq,
+            message,
+        };
+        match outcome {
+            CheckpointInsert::Inserted => {
+                tracing::debug!(
+                    store = %self.db.label,
+                    audit.seq = checkpoint.seq,
+                    "audit checkpoint stored"
+                );
+                if let Some(observer) = &self.observer {
+                    observer.checkpointed(checkpoint);
+                }
+                Ok(())
+            }
+            CheckpointInsert::Exists => Ok(()),
+            CheckpointInsert::NoRecord => Err(invalid(format!(
+                "no audit record has seq {}; checkpoint a seq that Store::audit_head returned",
+                checkpoint.seq
+            ))),
+            CheckpointInsert::HashMismatch { stored } => Err(invalid(format!(
+                "the audit record at seq {} has hash {stored}, not {}; the chain changed since the head was read, so run `warden audit verify`",
+                checkpoint.seq, checkpoint.hash
+            ))),
+        }
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.read("load checkpoints".into(), sql::select_checkpoints)
+            .await
+    }
+
+    async fn add_counters(
+        &self,
+        scope: &str,
+        deltas: &[(&str, i64)],
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let (owned_scope, owned_deltas): (String, Vec<(String, i64)>) = (
+            scope.to_owned(),
+            deltas
+                .iter()
+                .map(|(name, delta)| ((*name).to_owned(), *delta))
+                .collect(),
+        );
+        self.write(format!("add to counters of {scope:?}"), move |conn| {
+            sql::add_counters(conn, &owned_scope, &owned_deltas)
+        })
+        .await
+    }
+
+    async fn counters(&self, scope: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let owned_scope = scope.to_owned();
+        self.read(format!("load counters of {scope:?}"), move |conn| {
+            sql::select_counters(conn, &owned_scope)
+        })
+        .await
+    }
+
+    async fn tool_pins(&self) -> Result<Vec<crate::ToolPin>, StoreError> {
+        self.read("load tool pins".to_owned(), sql::select_tool_pins)
+            .await
+    }
+
+    async fn save_tool_pin(&self, pin: &crate::ToolPin) -> Result<(), StoreError> {
+        let owned = pin.clone();
+        self.write(format!("save the pin of {}", pin.tool), move |conn| {
+            sql::save_tool_pin(conn, &owned)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if let Some(audit) = &self.audit
             && !audit.is_running()
@@ -629,5 +742,7 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 
 #[cfg(test)]
 mod approval_tests;
+#[cfg(test)]
+mod checkpoint_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{approvals, defaults, demo, identity, inspect};
+use crate::{approvals, defaults, demo, identity, inspect, policy_test, replay};
+
+/// Number of newest traces that `warden policy replay` replays by default.
+const DEFAULT_REPLAY_TRACES: u64 = 20;
 
 /// Warden: a runtime authorization gateway for AI agents.
 #[derive(Debug, Parser)]
@@ -51,6 +54,10 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Review pinned tool definitions: a changed or hidden-text definition
+    /// blocks its tool until accepted here.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Serve one bundled example tool server on stdio (spawned by Warden).
     #[command(hide = true)]
     ExampleServer {
@@ -158,12 +165,93 @@ pub enum PolicyCommand {
     },
     /// Print the Cedar schema generated from the upstreams' tools.
     Schema,
+    /// Run declarative policy test cases and print `ok   NAME` or
+    /// `FAIL NAME: ...` per case and a summary. Exits with status 1 when a
+    /// case fails and 2 when a test file is invalid.
+    ///
+    /// Each *.toml file in DIR contains [[case]] tables: one step (`tool`,
+    /// `route`, `model`, `list_tool`, `start_task` or `delegate`), its
+    /// `task`, `memory`, `arguments` and the `expect`ed decision (allow,
+    /// deny or hold), optionally with the exact deciding `policy_ids`. The
+    /// tools come from the file's [[tool]] tables. Without them, Warden
+    /// starts the configured upstreams and reads their tools. The routes
+    /// come from the file's [[route]] tables or the configuration's
+    /// [http.NAME] sections.
+    Test {
+        /// Directory of *.toml test files, or one test file.
+        dir: PathBuf,
+        /// Policy directory; defaults to policy.dir or the bundled pack.
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+    },
+    /// Re-decide recorded steps with a candidate policy set and report
+    /// every decision that would change. Reads the store of --config and
+    /// starts the configured upstreams for their tools. Exits with status
+    /// 0 whether or not decisions change, and 1 when the replay fails.
+    ///
+    /// Replays the tool.decision, http.decision and model.decision records
+    /// with the task memory rebuilt from the trace. A record written with
+    /// audit.redact_arguments is reported as not replayable.
+    Replay {
+        /// Directory of the candidate *.cedar files.
+        #[arg(long, value_name = "DIR")]
+        policies: PathBuf,
+        /// Replay one trace, given by trace id or task id.
+        #[arg(long, value_name = "ID", conflicts_with = "limit")]
+        trace: Option<String>,
+        /// Replay the N newest traces (default 20, at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain of the audit log and name the first bad record.
-    Verify,
+    /// Verify the hash chain of the audit log and every signed checkpoint
+    /// of its head, and name the first bad record. Exits with status 1
+    /// when the log is invalid.
+    Verify {
+        /// JWK set file (JSON) with the keys that signed the checkpoints,
+        /// as `warden audit jwks` prints it. Defaults to the public half of
+        /// the signing key in the data directory.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JWK set that verifies the checkpoints, for `audit verify
+    /// --jwks` on a machine without Warden's key.
+    Jwks,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// List pinned tools with their status (accepted or blocked), their
+    /// classes and labels after annotations, and who accepted them.
+    List {
+        /// Print one JSON object per tool.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the definition a blocked tool offers now against the accepted
+    /// one, line by line, with invisible characters escaped.
+    Diff {
+        /// Qualified tool name, e.g. `files__read_file`.
+        tool: String,
+    },
+    /// Accept the definition a blocked tool offers now; the gateway
+    /// unblocks the tool and reloads policies on the tool's next call.
+    Accept {
+        /// Qualified tool name, e.g. `files__read_file`.
+        tool: String,
+        /// Name recorded as the approver (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 /// Runs the parsed command.
@@ -218,7 +306,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             runtime.block_on(inspect::policy_schema(&config))
         }
-        Command::Audit(AuditCommand::Verify) => runtime.block_on(inspect::audit_verify(&config)),
+        Command::Policy(PolicyCommand::Test { dir, policies }) => {
+            init_logging("warn");
+            runtime.block_on(policy_test::run(&config, &dir, policies))
+        }
+        Command::Policy(PolicyCommand::Replay {
+            policies,
+            trace,
+            limit,
+            json,
+        }) => {
+            init_logging("warn");
+            let request = replay::ReplayRequest {
+                policies,
+                trace,
+                limit: usize::try_from(limit.unwrap_or(DEFAULT_REPLAY_TRACES))
+                    .unwrap_or(usize::MAX),
+                json,
+            };
+            runtime.block_on(replay::run(&config, request))
+        }
+        Command::Audit(AuditCommand::Verify { jwks, json }) => {
+            runtime.block_on(inspect::audit_verify(&config, jwks.as_deref(), json))
+        }
+        Command::Audit(AuditCommand::Jwks) => inspect::audit_jwks(&config),
+        Command::Tools(ToolsCommand::List { json }) => {
+            runtime.block_on(crate::tools::list(&config, json))
+        }
+        Command::Tools(ToolsCommand::Diff { tool }) => {
+            runtime.block_on(crate::tools::diff(&config, &tool))
+        }
+        Command::Tools(ToolsCommand::Accept { tool, by }) => {
+            runtime.block_on(crate::tools::accept(&config, &tool, by))
+        }
         Command::ExampleServer { .. } | Command::CheckConfig { .. } => Ok(ExitCode::SUCCESS),
     }
 }

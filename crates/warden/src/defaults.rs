@@ -95,7 +95,7 @@ pub fn add_example_servers(config: &mut Config, root: &Path) -> anyhow::Result<(
                         (*tool).to_owned(),
                         ToolConfig {
                             classes: classes.iter().map(|c| (*c).to_owned()).collect(),
-                            path_arguments: None,
+                            ..ToolConfig::default()
                         },
                     )
                 })

@@ -2,8 +2,10 @@
 //! ReAct-style agent in one process.
 //!
 //! The agent authenticates with a JWT-SVID from the development issuer,
-//! starts a task, and then alternates thought, tool call and observation
-//! through Warden's MCP endpoint. Some calls are allowed, some are denied by
+//! starts a task, and then alternates thought, tool call and observation:
+//! a scripted model, reached through Warden's `/llm` proxy with a key only
+//! Warden holds, thinks and picks each tool call, and the call goes through
+//! Warden's MCP endpoint. Some calls are allowed, some are denied by
 //! policy or by the task's scope, and one is held until a scripted approver
 //! approves it through the admin API. At the end the task is ended and its
 //! trace printed. Everything lives in a temporary directory removed on exit.
@@ -20,10 +22,19 @@ use crate::defaults;
 const AGENT: &str = "spiffe://warden.local/agent/support-bot";
 const MAILER: &str = "spiffe://warden.local/agent/mailer";
 
-struct Step {
-    thought: &'static str,
-    tool: &'static str,
-    arguments: Value,
+mod model;
+
+use model::Step;
+
+/// Tool-call API shape of the tools offered to the model, by name only;
+/// the scripted model reads nothing else.
+fn offered(names: &[&str]) -> Value {
+    Value::Array(
+        names
+            .iter()
+            .map(|name| json!({ "type": "function", "function": { "name": name, "parameters": { "type": "object" } } }))
+            .collect(),
+    )
 }
 
 fn script() -> Vec<Step> {
@@ -102,6 +113,24 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         ..Config::default()
     };
     config.server.listen = "127.0.0.1:0".into();
+    // The model's key lives in a file that only Warden reads.
+    let model_key = format!("sk-demo-{}", uuid::Uuid::new_v4().simple());
+    let key_file = data_dir.path().join("model.key");
+    std::fs::write(&key_file, &model_key).context("cannot write the demo model's key")?;
+    let model_addr = model::start(model_key, script()).await?;
+    config.llm.insert(
+        "scripted".into(),
+        warden_config::ModelProviderConfig {
+            kind: warden_config::ProviderKind::Openai,
+            base_url: format!("http://{model_addr}"),
+            api_key_env: None,
+            api_key_file: Some(key_file),
+            models: vec![model::MODEL.to_owned()],
+            max_calls_per_task: Some(20),
+            max_tokens_per_task: None,
+            timeout_seconds: Some(30),
+        },
+    );
     let effective = defaults::complete(config)?;
     let issuer = warden_gateway::server::load_dev_issuer(&effective.config)?;
     let gateway = warden_gateway::Gateway::build(
@@ -119,7 +148,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         let _ = stopped.await;
     }));
 
-    println!("Warden demo: gateway on {base} with the bundled files, mail and billing servers.\n");
+    println!(
+        "Warden demo: gateway on {base} with the bundled files, mail and billing servers,\n\
+         and a scripted model at /llm/scripted whose API key only Warden holds.\n"
+    );
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let svid = issuer.issue(&SpiffeId::parse(AGENT)?, &["warden".to_owned()], 300, now)?;
     let http = reqwest::Client::new();
@@ -168,19 +200,43 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     );
 
     let (mut allowed, mut refused) = (0, 0);
-    for (index, step) in script().iter().enumerate() {
-        println!("Step {}", index + 1);
-        println!("  Thought:     {}", step.thought);
-        println!("  Action:      {} {}", step.tool, step.arguments);
+    let mut messages = vec![
+        json!({ "role": "system", "content": "You are a support agent. Use the tools to do the user's task." }),
+        json!({ "role": "user", "content": "Summarise this week's meeting notes and send the summary to the team." }),
+    ];
+    let tools = offered(&names);
+    for index in 1.. {
+        let reply: Value = http
+            .post(format!("{base}/llm/scripted/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({ "model": model::MODEL, "messages": messages, "tools": tools }))
+            .send()
+            .await?
+            .error_for_status()
+            .context("the model call through Warden failed")?
+            .json()
+            .await?;
+        let message = &reply["choices"][0]["message"];
+        let thought = message["content"].as_str().unwrap_or_default();
+        let Some(call) = message["tool_calls"].get(0) else {
+            println!("Model:         {thought}\n");
+            break;
+        };
+        let tool = call["function"]["name"].as_str().unwrap_or_default();
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("{}"))?;
+        println!("Step {index}");
+        println!("  Thought:     {thought}");
+        println!("  Action:      {tool} {arguments}");
         let reply = mcp
             .request(
                 "tools/call",
-                json!({ "name": step.tool, "arguments": step.arguments }),
+                json!({ "name": tool, "arguments": arguments }),
             )
             .await?;
         let result = &reply["result"];
         let text = result["content"][0]["text"].as_str().unwrap_or_default();
-        match result["_meta"]["dev.warden/decision"].as_object() {
+        let observation = match result["_meta"]["dev.warden/decision"].as_object() {
             Some(decision) => {
                 refused += 1;
                 println!(
@@ -195,18 +251,42 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                     "  Reason:      {}",
                     decision["reason"].as_str().unwrap_or_default()
                 );
+                text.to_owned()
             }
             None if reply.get("error").is_some() => {
-                bail!("step {} failed: {}", index + 1, reply["error"])
+                bail!("step {index} failed: {}", reply["error"])
             }
             None => {
                 allowed += 1;
                 println!("  Decision:    ALLOW");
                 println!("  Observation: {}", first_line(text));
+                text.to_owned()
             }
-        }
+        };
         println!();
+        messages.push(message.clone());
+        messages.push(json!({
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "content": observation,
+        }));
     }
+
+    println!("The agent also lists /workspace/drafts on its own, without asking the model:");
+    let unasked = mcp
+        .request(
+            "tools/call",
+            json!({ "name": "files__list_directory", "arguments": { "path": "/workspace/drafts" } }),
+        )
+        .await?;
+    println!(
+        "  {}; the trace marks it as not requested by a model.\n",
+        if unasked["result"]["isError"] == json!(true) {
+            "refused"
+        } else {
+            "allowed"
+        }
+    );
 
     println!("Delegation: support-bot hands the mailing to {MAILER}.");
     let mailer_svid = issuer.issue(&SpiffeId::parse(MAILER)?, &["warden".to_owned()], 300, now)?;

@@ -10,9 +10,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use warden_config::Config;
 use warden_gateway::PolicySource;
+use warden_gateway::checkpoint::{
+    AuditLogSummary, AuditLogVerdict, checkpoint_jwks, verify_audit_log,
+};
+use warden_gateway::server::task_key_path;
 use warden_gateway::upstream::Upstream;
+use warden_identity::{Jwks, SigningKey};
 use warden_policy::ToolDef;
-use warden_store::{AuditRecord, GENESIS_HASH, SqliteStore, Store, verify_chain};
+use warden_store::{AuditRecord, PostgresStore, SqliteStore, Store};
 
 use crate::defaults::Effective;
 
@@ -53,7 +58,12 @@ pub fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+/// Opens the configured store read-only: the SQLite file, or the
+/// PostgreSQL database of `[store] url` or `url_env`.
+pub(crate) fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store>> {
+    if let Some(url) = config.store.postgres_url().map_err(anyhow::Error::msg)? {
+        return Ok(Box::new(PostgresStore::open_read_only(&url)?));
+    }
     let path = config.store_path();
     if !path.exists() {
         anyhow::bail!(
@@ -61,7 +71,7 @@ fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
             path.display()
         );
     }
-    Ok(SqliteStore::open_read_only(&path)?)
+    Ok(Box::new(SqliteStore::open_read_only(&path)?))
 }
 
 /// `warden trace list`.
@@ -134,8 +144,11 @@ pub fn render_trace(records: &[AuditRecord]) -> String {
             _ => roots.push(record),
         }
     }
+    // "No model asked for it" only means something in a task whose model
+    // calls went through Warden.
+    let models = records.iter().any(|r| r.record.kind == "model.result");
     for root in roots {
-        render_node(root, &children, 0, &mut out);
+        render_node(root, &children, 0, models, &mut out);
     }
     out
 }
@@ -144,6 +157,7 @@ fn render_node(
     record: &AuditRecord,
     children: &BTreeMap<String, Vec<&AuditRecord>>,
     depth: usize,
+    models: bool,
     out: &mut String,
 ) {
     let r = &record.record;
@@ -177,6 +191,17 @@ fn render_node(
     {
         line.push_str(&format!(" task {} scope {tools}", r.task_id));
     }
+    match r.detail.get("requested_by") {
+        Some(link) if link.is_object() => {
+            let id = link
+                .get("tool_call_id")
+                .and_then(|i| i.as_str())
+                .unwrap_or("");
+            line.push_str(&format!(" (requested by model, {id})"));
+        }
+        Some(_) if models => line.push_str(" (no model asked for it)"),
+        _ => {}
+    }
     if let Some(approver) = r.detail.get("approver").and_then(|a| a.as_str()) {
         line.push_str(&format!(" by {approver}"));
     }
@@ -196,6 +221,25 @@ fn render_node(
             if error { " (isError)" } else { "" }
         ));
     }
+    if r.kind == "model.result" {
+        let tokens = |key: &str| r.detail.get(key).and_then(|n| n.as_i64()).unwrap_or(0);
+        line.push_str(&format!(
+            ", {} in / {} out tokens",
+            tokens("gen_ai.usage.input_tokens"),
+            tokens("gen_ai.usage.output_tokens")
+        ));
+        let asked: Vec<&str> = r
+            .detail
+            .get("tool_calls")
+            .and_then(|calls| calls.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|call| call.get("name").and_then(|n| n.as_str()))
+            .collect();
+        if !asked.is_empty() {
+            line.push_str(&format!(", asks for {}", asked.join(", ")));
+        }
+    }
     if r.decision
         .is_some_and(|d| d != warden_core::Decision::Allow)
         && let Some(reason) = &r.reason
@@ -206,13 +250,13 @@ fn render_node(
     out.push('\n');
     if let Some(kids) = children.get(&r.span_id) {
         for kid in kids {
-            render_node(kid, children, depth + 1, out);
+            render_node(kid, children, depth + 1, models, out);
         }
     }
 }
 
 /// Starts the configured upstreams and returns their tools.
-async fn upstream_tools(config: &Config) -> anyhow::Result<Vec<ToolDef>> {
+pub(crate) async fn upstream_tools(config: &Config) -> anyhow::Result<Vec<ToolDef>> {
     let limits = &config.limits;
     let mut tools = Vec::new();
     for (name, upstream_config) in &config.upstreams {
@@ -240,7 +284,7 @@ pub async fn policy_validate(config: &Effective, dir: Option<PathBuf>) -> anyhow
         None => config.policy_source.clone(),
     };
     let tools = upstream_tools(&config.config).await?;
-    match source.load(&tools, &config.config.policy.environment) {
+    match source.load(&tools, &config.config) {
         Ok(engine) => {
             println!(
                 "{}: {} policies valid against {} tools",
@@ -265,36 +309,114 @@ pub async fn policy_schema(config: &Effective) -> anyhow::Result<ExitCode> {
         &tools,
         warden_policy::EngineOptions {
             environment: config.config.policy.environment.clone(),
+            routes: warden_gateway::policy_source::route_defs(&config.config)
+                .map_err(anyhow::Error::msg)?,
         },
     )?;
     println!("{}", engine.schema_text());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `warden audit verify`.
-pub async fn audit_verify(config: &Effective) -> anyhow::Result<ExitCode> {
+/// `warden audit verify`: checks the hash chain and every signed
+/// checkpoint, and names the first bad record.
+pub async fn audit_verify(
+    config: &Effective,
+    jwks: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let store = open_store(&config.config)?;
-    let mut prev = GENESIS_HASH.to_owned();
-    let mut after = 0;
-    let mut total = 0usize;
-    loop {
-        let page = store.audit_range(after, 10_000).await?;
-        if page.is_empty() {
-            break;
-        }
-        if let Err(error) = verify_chain(&page, &prev) {
-            println!(
-                "audit log invalid: first bad record is seq {}: {error}",
-                error.seq()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        total += page.len();
-        if let Some(last) = page.last() {
-            prev.clone_from(&last.hash);
-            after = last.seq;
-        }
-    }
-    println!("audit log valid: {total} records, head {prev}");
+    let keys = checkpoint_keys(&config.config, store.as_ref(), jwks).await?;
+    let verdict = verify_audit_log(store.as_ref(), &keys).await?;
+    let (report, code) = match &verdict {
+        AuditLogVerdict::Valid(summary) => (valid_report(summary, json), ExitCode::SUCCESS),
+        AuditLogVerdict::Invalid(defect) => (
+            if json {
+                serde_json::json!({
+                    "valid": false,
+                    "first_bad_seq": defect.seq,
+                    "message": defect.message,
+                })
+                .to_string()
+            } else {
+                format!(
+                    "audit log invalid: first bad record is seq {}: {}",
+                    defect.seq, defect.message
+                )
+            },
+            ExitCode::FAILURE,
+        ),
+    };
+    println!("{report}");
+    Ok(code)
+}
+
+/// `warden audit jwks`: prints the JWK set that verifies checkpoints.
+pub fn audit_jwks(config: &Effective) -> anyhow::Result<ExitCode> {
+    let path = task_key_path(&config.config.data_dir());
+    let key = SigningKey::load(&path).with_context(|| {
+        format!(
+            "cannot load Warden's signing key {}; start the gateway once to create it, or pass --config",
+            path.display()
+        )
+    })?;
+    println!("{}", serde_json::to_string_pretty(&checkpoint_jwks(&key))?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the keys that verify checkpoints: the JWK set at `jwks`, or the
+/// public half of the signing key in the data directory. Without a key
+/// file, a log without checkpoints still verifies.
+async fn checkpoint_keys(
+    config: &Config,
+    store: &dyn Store,
+    jwks: Option<&Path>,
+) -> anyhow::Result<Jwks> {
+    if let Some(path) = jwks {
+        return Jwks::from_file(path)
+            .with_context(|| format!("cannot load the JWK set {}", path.display()));
+    }
+    let path = task_key_path(&config.data_dir());
+    match SigningKey::load(&path) {
+        Ok(key) => Ok(Jwks::from_json(&checkpoint_jwks(&key))?),
+        Err(_) if !path.exists() && store.checkpoints().await?.is_empty() => {
+            Ok(Jwks::from_json(&serde_json::json!({ "keys": [] }))?)
+        }
+        Err(error) => Err(anyhow::anyhow!(
+            "cannot load Warden's signing key {} to verify the checkpoints: {error}; pass --jwks FILE with the JWK set that `warden audit jwks` printed",
+            path.display()
+        )),
+    }
+}
+
+/// Formats the report of a valid log: one summary line, and a note when
+/// the newest records are not covered by a checkpoint yet.
+fn valid_report(summary: &AuditLogSummary, json: bool) -> String {
+    if json {
+        return serde_json::json!({
+            "valid": true,
+            "records": summary.records,
+            "head_seq": summary.head_seq,
+            "head_hash": summary.head_hash,
+            "checkpoints": summary.checkpoints,
+            "newest_checkpoint_seq": summary.newest_checkpoint,
+        })
+        .to_string();
+    }
+    let plural = if summary.checkpoints == 1 { "" } else { "s" };
+    let mut report = format!(
+        "audit log valid: {} records, head {} {}, {} checkpoint{plural}",
+        summary.records, summary.head_seq, summary.head_hash, summary.checkpoints
+    );
+    if let Some(newest) = summary.newest_checkpoint {
+        report.push_str(&format!(", newest at seq {newest}"));
+    }
+    let covered = summary.newest_checkpoint.unwrap_or(0);
+    if covered < summary.head_seq {
+        report.push_str(&format!(
+            "\nnote: records {} to {} are not covered by a checkpoint yet, so deleting them or rebuilding the chain from them would go unnoticed; the gateway signs its head every audit.checkpoint_interval_seconds and at shutdown",
+            covered + 1,
+            summary.head_seq
+        ));
+    }
+    report
 }

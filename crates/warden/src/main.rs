@@ -6,6 +6,9 @@ mod defaults;
 mod demo;
 mod identity;
 mod inspect;
+mod policy_test;
+mod replay;
+mod tools;
 
 use clap::Parser;
 

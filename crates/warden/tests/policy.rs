@@ -325,7 +325,7 @@ async fn policy_forbid_on_one_server_spares_the_other() {
 }
 
 #[tokio::test]
-async fn policy_unknown_tool_is_invalid_params() {
+async fn policy_unknown_tool_is_refused_as_a_tool_result() {
     let warden = twin_gateway(ALLOW_ALL).await;
     let session = warden.session(&warden.task().await).await;
     let names = [
@@ -350,8 +350,12 @@ async fn policy_unknown_tool_is_invalid_params() {
             )
             .await;
         assert_eq!(status, 200, "{name}: {reply}");
-        assert_eq!(reply["error"]["code"], json!(-32602), "{name}: {reply}");
-        assert!(reply.get("result").is_none(), "{name}: {reply}");
+        assert_eq!(reply["result"]["isError"], json!(true), "{name}: {reply}");
+        assert_eq!(
+            reply["result"]["_meta"][DECISION_KEY]["policy_ids"],
+            json!(["warden:unknown-tool"]),
+            "{name}: {reply}"
+        );
     }
 }
 
@@ -423,7 +427,13 @@ async fn policy_forbid_applies_on_server_endpoint() {
         json!(["no-b-echo"]),
         "{denied}"
     );
-    assert_eq!(qualified["error"]["code"], json!(-32602), "{qualified}");
+    // On /mcp/b, a qualified name of another server names no tool of b.
+    assert_eq!(qualified["result"]["isError"], json!(true), "{qualified}");
+    assert_eq!(
+        decision(&qualified)["policy_ids"],
+        json!(["warden:unknown-tool"]),
+        "{qualified}"
+    );
 }
 
 #[tokio::test]

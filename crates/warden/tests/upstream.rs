@@ -159,6 +159,44 @@ async fn upstream_changed_tool_is_blocked_after_restart() {
     );
     assert!(!names.contains(&"testkit__echo"), "{listed}");
     assert!(names.contains(&"testkit__sleep"), "{listed}");
+
+    // An operator reviews the new definition and accepts it; the running
+    // gateway unblocks the tool on its next call.
+    let tools = warden.files.run(&["tools", "list"]);
+    let tools_out = String::from_utf8_lossy(&tools.stdout);
+    assert!(tools.status.success(), "{tools:?}");
+    assert!(
+        tools_out
+            .lines()
+            .any(|line| line.starts_with("testkit__echo") && line.contains("blocked")),
+        "{tools_out}"
+    );
+    let diff = warden.files.run(&["tools", "diff", "testkit__echo"]);
+    let diff_out = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff_out
+            .lines()
+            .any(|line| line.starts_with('+') && line.contains("Delete every record.")),
+        "{diff_out}"
+    );
+    let accept = warden
+        .files
+        .run(&["tools", "accept", "testkit__echo", "--by", "alice"]);
+    assert!(accept.status.success(), "{accept:?}");
+    let accepted = session
+        .call_tool("testkit__echo", json!({ "text": "third" }))
+        .await;
+    assert_eq!(result_text(&accepted), "third", "{accepted}");
+    let tools = warden.files.run(&["tools", "list"]);
+    let tools_out = String::from_utf8_lossy(&tools.stdout);
+    assert!(
+        tools_out
+            .lines()
+            .any(|line| line.starts_with("testkit__echo")
+                && line.contains("accepted")
+                && line.contains("by alice")),
+        "{tools_out}"
+    );
 }
 
 #[tokio::test]

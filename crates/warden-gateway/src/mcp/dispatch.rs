@@ -21,6 +21,7 @@ use crate::approvals;
 use crate::audit;
 use crate::scope;
 use crate::state::AppState;
+use crate::tracecontext::{self, TraceParent};
 use crate::upstream::Upstream;
 
 /// Everything a method handler needs.
@@ -33,6 +34,11 @@ pub struct Context<'a> {
     pub server: Option<&'a str>,
     /// The agent's JSON-RPC request id.
     pub request_id: &'a Value,
+    /// The agent's trace context from the `traceparent` header.
+    pub caller_trace: Option<TraceParent>,
+    /// Where an upstream's notifications and requests during this request
+    /// go, on their way to the agent.
+    pub relay: Option<crate::upstream::InterimSender>,
 }
 
 /// Result of one method: a result, an error, or an opened session.
@@ -56,6 +62,10 @@ impl From<Result<Value, RpcError>> for Outcome {
 
 const ENVELOPE_PREFIX: &str = "io.modelcontextprotocol/";
 
+/// `params._meta` key by which an agent names the model's tool-call id that
+/// a `tools/call` answers. Warden reads it and does not forward it.
+pub const TOOL_CALL_ID_META_KEY: &str = "dev.warden/tool_call_id";
+
 /// Runs one request.
 pub async fn dispatch(context: &Context<'_>, method: &str, params: Option<&Value>) -> Outcome {
     let empty = Value::Object(Map::new());
@@ -77,10 +87,9 @@ pub async fn dispatch(context: &Context<'_>, method: &str, params: Option<&Value
         "prompts/list" => gather(context, |c| &c.prompts, "prompts", Some("name")).into(),
         "resources/read" => resources_read(context, params).await.into(),
         "prompts/get" => prompts_get(context, params).await.into(),
-        "completion/complete"
-        | "logging/setLevel"
-        | "resources/subscribe"
-        | "resources/unsubscribe" => forward_plain(context, method, params).await.into(),
+        "completion/complete" | "logging/setLevel" => {
+            forward_plain(context, method, params).await.into()
+        }
         other => Outcome::Error(RpcError::new(
             code::METHOD_NOT_FOUND,
             format!("method {other:?} is not supported by Warden"),
@@ -110,13 +119,25 @@ fn capabilities(context: &Context<'_>) -> Value {
                 .is_some_and(Value::is_object)
         })
     };
-    // NOTE: listChanged and subscribe are not advertised because Warden
-    // does not relay server-initiated notifications to agents.
+    // NOTE: listChanged is not advertised because Warden pins the lists
+    // taken at start and does not relay list changes to agents.
     capabilities.insert("tools".into(), json!({}));
     for name in ["resources", "prompts"] {
         if offered(name) {
             capabilities.insert(name.into(), json!({}));
         }
+    }
+    // Subscriptions are served on one server's endpoint, by that server.
+    let subscribable = context.server.is_some()
+        && upstreams.iter().any(|u| {
+            u.catalog()
+                .capabilities()
+                .pointer("/resources/subscribe")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        });
+    if subscribable {
+        capabilities.insert("resources".into(), json!({ "subscribe": true }));
     }
     if context.server.is_some() {
         for name in ["logging", "completions"] {
@@ -148,8 +169,12 @@ fn initialize(context: &Context<'_>, params: &Value) -> Outcome {
         crate::delegation::acting_agent(context.claims),
         context.server,
         version,
+        params
+            .get("capabilities")
+            .filter(|c| c.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({})),
         context.claims.exp,
-        crate::auth::now_unix(),
     ) else {
         return Outcome::Error(RpcError::new(
             code::INVALID_REQUEST,
@@ -303,16 +328,73 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         ));
     }
     let Some((upstream, tool)) = resolve(context, name).filter(|(u, t)| u.has_tool(t)) else {
-        return Err(RpcError::new(
-            code::INVALID_PARAMS,
-            format!("unknown tool {name:?}; call tools/list for the tools this task may use"),
-        ));
+        // Refused like any other call, as a tool result the model can read:
+        // that is also how MCP servers answer a tool they do not have.
+        let outcome = PolicyOutcome {
+            decision: Decision::Deny,
+            policy_ids: vec![warden_policy::UNKNOWN_TOOL_POLICY_ID.to_owned()],
+            reason: format!(
+                "there is no tool {name:?}; call tools/list for the tools this task may use"
+            ),
+            errors: Vec::new(),
+            arguments: None,
+        };
+        context.state.metrics.count_decision(outcome.decision);
+        audit::record(
+            context.state,
+            context.claims,
+            audit::Step {
+                kind: "tool.decision",
+                target: Some(name),
+                decision: Some(outcome.decision),
+                policy_ids: &outcome.policy_ids,
+                reason: Some(&outcome.reason),
+                detail: json!({ "request_id": context.request_id }),
+                span_id: None,
+                parent_span_id: None,
+            },
+        );
+        return Ok(refusal(context.claims, name, &outcome, None));
     };
     let qualified = format!("{}__{tool}", upstream.name());
     let claims = context.claims;
     let state = context.state;
     upstream.check_tools().await;
 
+    // Link the call to the model response that asked for it, if any.
+    let tool_call_id = params
+        .pointer("/_meta/dev.warden~1tool_call_id")
+        .and_then(Value::as_str);
+    let names: &[&str] = if context.server.is_some() {
+        &[qualified.as_str(), tool.as_str()]
+    } else {
+        &[qualified.as_str()]
+    };
+    let requested_hash = if arguments.is_null() {
+        warden_core::json::canonical_hash(&json!({}))
+    } else {
+        warden_core::json::canonical_hash(&arguments)
+    };
+    let requested_by =
+        state
+            .requested_calls
+            .take(claims.root_task(), tool_call_id, names, &requested_hash);
+    let caller_trace = params
+        .pointer("/_meta/traceparent")
+        .and_then(Value::as_str)
+        .and_then(TraceParent::parse)
+        .or_else(|| context.caller_trace.clone());
+    let parent_span = caller_trace
+        .as_ref()
+        .and_then(|caller| caller.parent_in(&claims.trace_id))
+        .map(str::to_owned)
+        .or_else(|| requested_by.as_ref().map(|link| link.span_id.clone()));
+
+    let mut shadow = Value::Null;
+    if upstream.blocked_reason(&tool).is_some() {
+        // An operator may have accepted the definition since.
+        crate::pins::recheck(state, &upstream, &tool).await;
+    }
     let outcome = if let Some(reason) = upstream.blocked_reason(&tool) {
         PolicyOutcome {
             decision: Decision::Deny,
@@ -322,13 +404,25 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
             arguments: None,
         }
     } else if scope::allows(&claims.tools, &qualified) {
-        state.engine().decide(&StepRequest {
-            task: &task_context(claims),
-            step: Step::CallTool {
-                tool: &qualified,
-                arguments: &arguments,
-            },
-        })
+        match crate::memory::load(state, claims).await {
+            Ok(memory) => {
+                let decided = crate::memory::decide(
+                    state,
+                    &StepRequest {
+                        task: &task_context(claims),
+                        step: Step::CallTool {
+                            tool: &qualified,
+                            arguments: &arguments,
+                            model_requested: requested_by.is_some(),
+                            memory: &memory,
+                        },
+                    },
+                );
+                shadow = decided.shadow;
+                decided.outcome
+            }
+            Err(denial) => denial,
+        }
     } else {
         PolicyOutcome {
             decision: Decision::Deny,
@@ -360,9 +454,12 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
                 "arguments_sha256": warden_core::json::canonical_hash(&decided_arguments),
                 "errors": outcome.errors,
                 "request_id": context.request_id,
+                "model_requested": requested_by.is_some(),
+                "requested_by": requested_by.as_ref().map(crate::llm::Link::to_json),
+                "shadow": shadow,
             }),
             span_id: None,
-            parent_span_id: None,
+            parent_span_id: parent_span,
         },
     );
     tracing::info!(
@@ -431,27 +528,70 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
         return Ok(refusal(claims, &qualified, &outcome, None));
     }
 
+    // The call goes through: count it in the task's memory.
+    let definition = state.engine().tool(&qualified).cloned();
+    if let Some(definition) = &definition {
+        let sums = crate::memory::sums_of(&definition.sum_arguments, &decided_arguments);
+        crate::memory::record_call(state, claims, &definition.effective_classes(), &sums).await;
+    }
     let mut forwarded = Map::new();
     forwarded.insert("name".into(), Value::String(tool));
     if !decided_arguments.is_null() {
         forwarded.insert("arguments".into(), decided_arguments);
     }
-    if let Some(meta) = forwardable_meta(params) {
-        forwarded.insert("_meta".into(), meta);
+    if let Some(mut meta) = forwardable_meta(params) {
+        let mut emptied = false;
+        if let Some(object) = meta.as_object_mut() {
+            emptied = object.remove(TOOL_CALL_ID_META_KEY).is_some() && object.is_empty();
+            // The upstream's parent is Warden's decision span.
+            if object.contains_key("traceparent") {
+                let value = tracecontext::format(&claims.trace_id, &span, caller_trace.as_ref());
+                object.insert("traceparent".into(), Value::String(value));
+            }
+        }
+        if !emptied {
+            forwarded.insert("_meta".into(), meta);
+        }
     }
+    let credential = match upstream.task_credential(claims, &state.txn_tokens) {
+        Ok(credential) => credential,
+        Err(message) => {
+            tracing::error!(upstream = %upstream.name(), "{message}");
+            return Err(RpcError::new(
+                code::INTERNAL_ERROR,
+                format!(
+                    "the credential for {} is unavailable: {message}",
+                    upstream.name()
+                ),
+            ));
+        }
+    };
     let started = Instant::now();
     let result = upstream
-        .request("tools/call", Some(Value::Object(forwarded)))
+        .request_relayed(
+            "tools/call",
+            Some(Value::Object(forwarded)),
+            &credential.headers,
+            context.relay.clone(),
+        )
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (detail, reply) = match result {
         Ok(Ok(mut result)) => (
             {
                 scrub_decision_key(&mut result);
+                let mut secrets = credential.secrets;
+                secrets.extend(upstream.static_secrets());
+                let redactions = redact_result(state, &mut result, &secrets);
+                if let Some(definition) = &definition {
+                    crate::memory::record_labels(state, claims, &definition.effective_labels())
+                        .await;
+                }
                 json!({
                 "outcome": "result",
                 "is_error": result.get("isError").and_then(Value::as_bool).unwrap_or(false),
                 "duration_ms": elapsed_ms,
+                "redactions": redactions,
                 })
             },
             Ok(result),
@@ -621,11 +761,22 @@ async fn decide_and_forward(
         return Err(error);
     }
     let params = strip_envelope(params);
-    let result = upstream.request(method, Some(params)).await;
+    let result = upstream
+        .request_relayed(
+            method,
+            Some(params),
+            &axum::http::HeaderMap::new(),
+            context.relay.clone(),
+        )
+        .await;
     let (detail, reply) = match result {
         Ok(Ok(mut result)) => {
             scrub_decision_key(&mut result);
-            (json!({ "outcome": "result" }), Ok(result))
+            let redactions = redact_result(context.state, &mut result, &upstream.static_secrets());
+            (
+                json!({ "outcome": "result", "redactions": redactions }),
+                Ok(result),
+            )
         }
         Ok(Err(error)) => (
             json!({ "outcome": "error", "error": error.error }),
@@ -684,8 +835,7 @@ async fn forward_plain(
             ),
         ));
     }
-    // Forward only what the upstream offers and Warden advertises: Warden
-    // relays no resource updates, so subscriptions are refused.
+    // Forward only what the upstream offers and Warden advertises.
     let capability = match method {
         "completion/complete" => Some("completions"),
         "logging/setLevel" => Some("logging"),
@@ -727,6 +877,7 @@ async fn forward_plain(
     {
         Ok(Ok(mut result)) => {
             scrub_decision_key(&mut result);
+            redact_result(context.state, &mut result, &upstream.static_secrets());
             Ok(result)
         }
         Ok(Err(error)) => Err(upstream_rpc_error(error.error)),
@@ -876,6 +1027,12 @@ fn decision_json(claims: &TaskClaims, outcome: &PolicyOutcome, approval_id: Opti
         decision["approval_id"] = Value::String(approval_id.to_owned());
     }
     decision
+}
+
+/// Removes injected secrets and common secret shapes from every string of
+/// an upstream's result; returns the number of removals.
+fn redact_result(state: &AppState, result: &mut Value, secrets: &[String]) -> usize {
+    state.redact_json(result, secrets)
 }
 
 /// Builds the `CallToolResult` of a refused call.

@@ -5,15 +5,19 @@
 //! per-request `_meta` envelope and its mirrored headers, and there is no
 //! session. Otherwise (any error, including 404 or a JSON-RPC error) Warden
 //! opens one MCP session with the `initialize` handshake. Each request is a
-//! POST. A response comes back as
-//! JSON or as an event stream; in a stream, notifications are skipped and
-//! server-to-client requests are answered (ping) or rejected, until the
-//! response with the request's id arrives. When the server forgets the
-//! session (404), Warden initializes again and retries the request once.
+//! POST. A response comes back as JSON or as an event stream. In a stream,
+//! the notifications and server-to-client requests before the response with
+//! the request's id go to the request's relay, if it has one. When the server
+//! forgets the session (404), Warden initializes again and retries the
+//! request once. Resource update notifications, which a server sends outside
+//! any request, arrive on the session's standalone stream (`GET`), which
+//! Warden reads once an agent subscribes to a resource.
 //!
-//! Redirects are never followed, and Warden sends the upstream's own Host
-//! header, never the agent's.
+//! Redirects are never followed. Warden sends the upstream's own Host header,
+//! never the agent's, and the `MCP-Protocol-Version` header only to servers
+//! of revision 2025-06-18 or later, which define it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,6 +34,8 @@ const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
 /// The stateless revision Warden speaks to upstreams that offer it.
 pub const MODERN_VERSION: &str = "2026-07-28";
+/// The first revision that defines the `MCP-Protocol-Version` header.
+const FIRST_VERSION_HEADER_REVISION: &str = "2025-06-18";
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -44,13 +50,25 @@ pub struct HttpClient {
     server: String,
     url: String,
     client: reqwest::Client,
-    session: tokio::sync::Mutex<Option<Session>>,
+    session: Arc<tokio::sync::Mutex<Option<Session>>>,
     next_id: AtomicU64,
     connected: AtomicBool,
     /// Bumped on every new session and every tool-list change notification.
-    changes: AtomicU64,
+    changes: Arc<AtomicU64>,
     max_message_bytes: usize,
+    /// Credential injected into every request to this server.
+    credential: Option<crate::credentials::Credential>,
+    /// Sender of the resource update notifications of the standalone stream.
+    updates: tokio::sync::broadcast::Sender<Value>,
+    /// True once the standalone stream's reader runs.
+    listening: AtomicBool,
 }
+
+/// Wait before the standalone stream is opened again, doubled after each
+/// failure up to [`MAX_LISTEN_RETRY`].
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// Maximum wait between two attempts to open the standalone stream.
+const MAX_LISTEN_RETRY: Duration = Duration::from_secs(30);
 
 enum Reply {
     Message(Value),
@@ -65,6 +83,8 @@ impl HttpClient {
         url: &str,
         connect_timeout: Duration,
         max_message_bytes: usize,
+        credential: Option<crate::credentials::Credential>,
+        updates: tokio::sync::broadcast::Sender<Value>,
     ) -> Result<HttpClient, UpstreamError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -79,12 +99,36 @@ impl HttpClient {
             server: server.to_owned(),
             url: url.to_owned(),
             client,
-            session: tokio::sync::Mutex::new(None),
+            session: Arc::new(tokio::sync::Mutex::new(None)),
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
-            changes: AtomicU64::new(0),
+            changes: Arc::new(AtomicU64::new(0)),
             max_message_bytes,
+            credential,
+            updates,
+            listening: AtomicBool::new(false),
         })
+    }
+
+    /// Starts reading the session's standalone event stream (`GET`), once,
+    /// for the notifications the server sends outside any request. The
+    /// reader follows new sessions, retries with a growing wait, and stops
+    /// for good when the server offers no stream (405).
+    pub fn listen(&self) {
+        if self.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let listener = Listener {
+            server: self.server.clone(),
+            url: self.url.clone(),
+            client: self.client.clone(),
+            session: self.session.clone(),
+            changes: self.changes.clone(),
+            updates: self.updates.clone(),
+            credential: self.credential.clone(),
+            max_message_bytes: self.max_message_bytes,
+        };
+        tokio::spawn(listener.run());
     }
 
     /// Opens the session if needed and returns the `initialize` result.
@@ -102,11 +146,15 @@ impl HttpClient {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// Sends one request and waits for the response.
+    /// Sends one request and waits for the response; `extra` headers (a
+    /// per-task credential) go with this request only. What the server
+    /// sends on the response stream before the response goes to `relay`.
     pub async fn request(
         &self,
         method: &str,
         params: Option<Value>,
+        extra: &HeaderMap,
+        relay: Option<super::InterimSender>,
     ) -> Result<RpcOutcome, UpstreamError> {
         for _ in 0..2 {
             let session = self.ensure_session().await?;
@@ -118,7 +166,10 @@ impl HttpClient {
             if session.modern {
                 add_envelope(&mut message);
             }
-            match self.post(Some(&session), &message, Some(id)).await? {
+            let reply = self
+                .post(Some(&session), &message, Some(id), extra, relay.as_ref())
+                .await?;
+            match reply {
                 Reply::Message(response) => return outcome_of(&self.server, &response),
                 Reply::SessionExpired => {
                     tracing::info!(upstream = %self.server, "upstream session expired; initializing again");
@@ -144,7 +195,9 @@ impl HttpClient {
         if let Some(params) = params {
             message["params"] = params;
         }
-        self.post(Some(&session), &message, None).await.map(|_| ())
+        self.post(Some(&session), &message, None, &HeaderMap::new(), None)
+            .await
+            .map(|_| ())
     }
 
     async fn ensure_session(&self) -> Result<Session, UpstreamError> {
@@ -175,11 +228,14 @@ impl HttpClient {
             initialize: Value::Null,
             modern: true,
         };
-        let response = self.post_raw(Some(&probe), &message).await?;
+        let response = self
+            .post_raw(Some(&probe), &message, &HeaderMap::new())
+            .await?;
         if !response.status().is_success() {
             return Ok(None);
         }
-        let Ok(Reply::Message(reply)) = self.read_reply(response, Some(id), None).await else {
+        let Ok(Reply::Message(reply)) = self.read_reply(response, Some(id), None, None).await
+        else {
             return Ok(None);
         };
         let Some(result) = reply.get("result") else {
@@ -217,13 +273,13 @@ impl HttpClient {
             "jsonrpc": "2.0", "id": id, "method": "initialize",
             "params": client_initialize_params()
         });
-        let response = self.post_raw(None, &message).await?;
+        let response = self.post_raw(None, &message, &HeaderMap::new()).await?;
         let session_id = response
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let reply = self.read_reply(response, Some(id), None).await?;
+        let reply = self.read_reply(response, Some(id), None, None).await?;
         let Reply::Message(reply) = reply else {
             return Err(self.protocol("did not answer initialize"));
         };
@@ -245,7 +301,8 @@ impl HttpClient {
             modern: false,
         };
         let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-        self.post(Some(&session), &initialized, None).await?;
+        self.post(Some(&session), &initialized, None, &HeaderMap::new(), None)
+            .await?;
         Ok(session)
     }
 
@@ -254,22 +311,34 @@ impl HttpClient {
         session: Option<&Session>,
         message: &Value,
         id: Option<u64>,
+        extra: &HeaderMap,
+        relay: Option<&super::InterimSender>,
     ) -> Result<Reply, UpstreamError> {
-        let response = self.post_raw(session, message).await?;
+        let response = self.post_raw(session, message, extra).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND
             && session.is_some_and(|s| s.id.is_some())
         {
             return Ok(Reply::SessionExpired);
         }
-        self.read_reply(response, id, session).await
+        self.read_reply(response, id, session, relay).await
     }
 
     async fn post_raw(
         &self,
         session: Option<&Session>,
         message: &Value,
+        extra: &HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = HeaderMap::new();
+        if let Some(credential) = &self.credential {
+            let injected = credential
+                .static_headers()
+                .map_err(|message| self.unavailable(&format!("the credential {message}")))?;
+            headers.extend(injected.headers);
+        }
+        for (name, value) in extra {
+            headers.insert(name.clone(), value.clone());
+        }
         headers.insert(
             ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
@@ -281,7 +350,11 @@ impl HttpClient {
             {
                 headers.insert(SESSION_HEADER, value);
             }
-            if let Ok(value) = HeaderValue::from_str(&session.protocol_version) {
+            // The header exists from 2025-06-18 on; an older server gets
+            // only the headers of its own revision.
+            if session.protocol_version.as_str() >= FIRST_VERSION_HEADER_REVISION
+                && let Ok(value) = HeaderValue::from_str(&session.protocol_version)
+            {
                 headers.insert(VERSION_HEADER, value);
             }
             if session.modern {
@@ -305,6 +378,7 @@ impl HttpClient {
         response: reqwest::Response,
         id: Option<u64>,
         session: Option<&Session>,
+        relay: Option<&super::InterimSender>,
     ) -> Result<Reply, UpstreamError> {
         let status = response.status();
         if status == reqwest::StatusCode::ACCEPTED {
@@ -317,7 +391,7 @@ impl HttpClient {
             .unwrap_or("")
             .to_ascii_lowercase();
         if content_type.starts_with("text/event-stream") {
-            return self.read_stream(response, id, session).await;
+            return self.read_stream(response, id, session, relay).await;
         }
         let body = self.read_body(response).await?;
         if id.is_none() {
@@ -356,6 +430,7 @@ impl HttpClient {
         response: reqwest::Response,
         id: Option<u64>,
         session: Option<&Session>,
+        relay: Option<&super::InterimSender>,
     ) -> Result<Reply, UpstreamError> {
         let mut parser = sse::Parser::new(self.max_message_bytes);
         let mut stream = response.bytes_stream();
@@ -384,17 +459,17 @@ impl HttpClient {
                     {
                         return Ok(Reply::Message(message));
                     }
-                    (Some(request_id), Some(method)) => {
-                        self.answer_server_request(session, request_id, method)
-                            .await;
+                    (Some(_), Some(_)) => {
+                        let answer = super::relay_request(relay, &self.server, &message).await;
+                        self.answer_server_request(session, &answer).await;
                     }
                     (None, Some("notifications/tools/list_changed")) => {
                         self.changes.fetch_add(1, Ordering::AcqRel);
                     }
                     _ => {
-                        // NOTE: notifications sent during a call (progress,
-                        // logging) are not relayed to the agent yet.
-                        tracing::debug!(upstream = %self.server, ?method, "upstream notification");
+                        if !super::relay_notification(relay, &self.server, &message).await {
+                            tracing::debug!(upstream = %self.server, ?method, "upstream notification not relayed");
+                        }
                     }
                 }
             }
@@ -405,17 +480,15 @@ impl HttpClient {
         Err(self.unavailable("the event stream ended before the response"))
     }
 
-    async fn answer_server_request(&self, session: Option<&Session>, id: &Value, method: &str) {
-        let reply = if method == "ping" {
-            json!({ "jsonrpc": "2.0", "id": id, "result": {} })
-        } else {
-            json!({ "jsonrpc": "2.0", "id": id, "error": {
-                "code": -32601,
-                "message": format!("{method} is not supported by this client")
-            }})
-        };
-        if let Err(error) = self.post_raw(session, &reply).await {
-            tracing::debug!(upstream = %self.server, %error, "response to a server request not delivered");
+    async fn answer_server_request(&self, session: Option<&Session>, answer: &Value) {
+        match self.post_raw(session, answer, &HeaderMap::new()).await {
+            Ok(response) if !response.status().is_success() => {
+                tracing::debug!(upstream = %self.server, status = %response.status(), "server rejected the response to its request");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(upstream = %self.server, %error, "response to a server request not delivered");
+            }
         }
     }
 
@@ -430,6 +503,127 @@ impl HttpClient {
         UpstreamError::Protocol {
             server: self.server.clone(),
             detail: detail.to_owned(),
+        }
+    }
+}
+
+/// Reads an upstream session's standalone event stream.
+struct Listener {
+    server: String,
+    url: String,
+    client: reqwest::Client,
+    session: Arc<tokio::sync::Mutex<Option<Session>>>,
+    changes: Arc<AtomicU64>,
+    updates: tokio::sync::broadcast::Sender<Value>,
+    credential: Option<crate::credentials::Credential>,
+    max_message_bytes: usize,
+}
+
+/// The reason the standalone stream ended.
+enum Ended {
+    /// The server offers no standalone stream.
+    NotOffered,
+    /// The stream ended or failed; opening it again may work.
+    Retry(String),
+}
+
+impl Listener {
+    async fn run(self) {
+        let mut wait = LISTEN_RETRY;
+        loop {
+            let session = self.session.lock().await.clone();
+            // A stateless (2026-07-28) session has no standalone stream.
+            let ended = match session {
+                Some(session) if session.modern => Ended::NotOffered,
+                Some(session) => self.read(&session).await,
+                None => Ended::Retry("no session yet".into()),
+            };
+            match ended {
+                Ended::NotOffered => {
+                    tracing::info!(upstream = %self.server, "upstream offers no standalone event stream; resource updates are not relayed");
+                    return;
+                }
+                Ended::Retry(reason) => {
+                    tracing::debug!(upstream = %self.server, reason, "standalone event stream ended; opening it again");
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_LISTEN_RETRY);
+        }
+    }
+
+    async fn read(&self, session: &Session) -> Ended {
+        let mut headers = HeaderMap::new();
+        if let Some(credential) = &self.credential {
+            match credential.static_headers() {
+                Ok(injected) => headers.extend(injected.headers),
+                Err(message) => return Ended::Retry(format!("the credential {message}")),
+            }
+        }
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if let Some(id) = &session.id
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            headers.insert(SESSION_HEADER, value);
+        }
+        if session.protocol_version.as_str() >= FIRST_VERSION_HEADER_REVISION
+            && let Ok(value) = HeaderValue::from_str(&session.protocol_version)
+        {
+            headers.insert(VERSION_HEADER, value);
+        }
+
+        let response = match self.client.get(&self.url).headers(headers).send().await {
+            Ok(response) => response,
+            Err(error) => return Ended::Retry(format!("GET {} failed: {error}", self.url)),
+        };
+        if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+            return Ended::NotOffered;
+        }
+        if !response.status().is_success() {
+            return Ended::Retry(format!("GET {} returned {}", self.url, response.status()));
+        }
+
+        let mut parser = sse::Parser::new(self.max_message_bytes);
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => return Ended::Retry(format!("reading the stream failed: {error}")),
+            };
+            let events = match parser.feed(&chunk) {
+                Ok(events) => events,
+                Err(error) => return Ended::Retry(error.to_string()),
+            };
+            for event in events {
+                self.handle(&event.data);
+            }
+        }
+        Ended::Retry("the server closed the stream".into())
+    }
+
+    fn handle(&self, data: &str) {
+        if data.is_empty() {
+            return;
+        }
+        let Ok(message) = warden_core::json::parse_strict(data.as_bytes()) else {
+            tracing::warn!(upstream = %self.server, "upstream event is not strict JSON; skipped it");
+            return;
+        };
+        let method = message.get("method").and_then(Value::as_str);
+        match (message.get("id"), method) {
+            (None, Some("notifications/resources/updated")) => {
+                // No receiver means no agent subscribed; nothing to do.
+                let _ = self.updates.send(message);
+            }
+            (None, Some("notifications/tools/list_changed")) => {
+                self.changes.fetch_add(1, Ordering::AcqRel);
+            }
+            // NOTE: Warden sends no response to a server request on the
+            // standalone stream (ping, roots/list), because it declares no
+            // capability that a server would use outside a request.
+            _ => {
+                tracing::debug!(upstream = %self.server, ?method, "upstream message outside a request not relayed")
+            }
         }
     }
 }
@@ -486,5 +680,161 @@ fn encode_header_value(value: &str) -> String {
             "=?base64?{}?=",
             base64::engine::general_purpose::STANDARD.encode(value.as_bytes())
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+
+    /// One request as the mock upstream received it.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        headers: AxumHeaders,
+        body: Value,
+    }
+
+    #[derive(Clone)]
+    struct Mock {
+        revision: &'static str,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    async fn answer(State(mock): State<Mock>, headers: AxumHeaders, body: String) -> Response {
+        let body: Value = serde_json::from_str(&body).expect("JSON body");
+        mock.seen.lock().expect("lock").push(Seen {
+            headers,
+            body: body.clone(),
+        });
+        let id = body["id"].clone();
+        match body["method"].as_str() {
+            Some("server/discover") => StatusCode::NOT_FOUND.into_response(),
+            Some("initialize") => (
+                [
+                    ("mcp-session-id", "s-1"),
+                    ("content-type", "application/json"),
+                ],
+                json!({ "jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": mock.revision,
+                    "capabilities": { "tools": {} },
+                    "serverInfo": { "name": "mock", "version": "1" }
+                }})
+                .to_string(),
+            )
+                .into_response(),
+            Some(_) if id.is_null() => StatusCode::ACCEPTED.into_response(),
+            Some(_) => (
+                [("content-type", "application/json")],
+                json!({ "jsonrpc": "2.0", "id": id, "result": { "content": [] } }).to_string(),
+            )
+                .into_response(),
+            None => StatusCode::ACCEPTED.into_response(),
+        }
+    }
+
+    /// Starts a mock upstream of `revision` and returns its URL and the
+    /// requests it receives.
+    async fn mock(revision: &'static str) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/mcp", axum::routing::post(answer))
+            .with_state(Mock {
+                revision,
+                seen: seen.clone(),
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}/mcp"), seen)
+    }
+
+    async fn call_through(revision: &'static str, params: Value) -> (String, Vec<Seen>) {
+        let (url, seen) = mock(revision).await;
+        let (updates, _) = tokio::sync::broadcast::channel(1);
+        let client = HttpClient::new("mock", &url, Duration::from_secs(5), 1 << 20, None, updates)
+            .expect("client");
+        let outcome = client
+            .request("tools/call", Some(params), &HeaderMap::new(), None)
+            .await
+            .expect("request");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let seen = seen.lock().expect("lock").clone();
+        (url, seen)
+    }
+
+    fn call_of(seen: &[Seen]) -> &Seen {
+        seen.iter()
+            .find(|s| s.body["method"] == "tools/call")
+            .expect("the call reached the upstream")
+    }
+
+    #[tokio::test]
+    async fn forwarded_call_is_the_client_params_unchanged() {
+        let params = json!({ "name": "echo", "arguments": { "text": "hi" } });
+
+        let (_, seen) = call_through("2025-11-25", params.clone()).await;
+        let call = call_of(&seen);
+
+        assert_eq!(call.body["params"], params);
+        assert_eq!(
+            call.body.as_object().map(|o| o.len()),
+            Some(4),
+            "{}",
+            call.body
+        );
+    }
+
+    #[tokio::test]
+    async fn forwarded_call_carries_upstream_host() {
+        let (url, seen) = call_through("2025-11-25", json!({ "name": "echo" })).await;
+        let host = url::Url::parse(&url).expect("url");
+        let expected = format!(
+            "{}:{}",
+            host.host_str().expect("host"),
+            host.port().expect("port")
+        );
+
+        let call = call_of(&seen);
+
+        assert_eq!(
+            call.headers.get("host").and_then(|v| v.to_str().ok()),
+            Some(expected.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn version_header_sent_from_2025_06_18() {
+        let (_, seen) = call_through("2025-11-25", json!({ "name": "echo" })).await;
+        let call = call_of(&seen);
+
+        assert_eq!(
+            call.headers
+                .get(VERSION_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("2025-11-25")
+        );
+        assert!(call.headers.get(METHOD_HEADER).is_none());
+    }
+
+    #[tokio::test]
+    async fn version_header_withheld_from_2025_03_26() {
+        let (_, seen) = call_through("2025-03-26", json!({ "name": "echo" })).await;
+        let call = call_of(&seen);
+
+        assert!(
+            call.headers.get(VERSION_HEADER).is_none(),
+            "{:?}",
+            call.headers
+        );
+        assert!(call.headers.get(METHOD_HEADER).is_none());
+        assert!(call.headers.get(NAME_HEADER).is_none());
     }
 }

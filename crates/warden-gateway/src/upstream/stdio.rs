@@ -6,6 +6,13 @@
 //! buffer without bound. When the process exits, every request in flight
 //! fails and the next request spawns it again. Spawning is throttled to once
 //! a second so that a server that crashes at start does not spin.
+//!
+//! Every agent shares the one process, and stdio carries no link between a
+//! server's notification or request and the call that caused it. Progress
+//! is linked by a token Warden puts in place of the client's. Logging
+//! notifications and server requests go to the sole relayed request in
+//! flight, and otherwise are dropped (notifications) or get Warden's own
+//! response (requests).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,7 +28,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use super::{RpcOutcome, UpstreamError, client_initialize_params, outcome_of};
+use super::{InterimSender, RpcOutcome, UpstreamError, client_initialize_params, outcome_of};
 
 /// Environment variables a spawned server inherits from Warden; all others
 /// are withheld unless listed in `inherit_env` or set in `env`.
@@ -59,9 +66,27 @@ pub struct StdioSettings {
     pub start_timeout: Duration,
     /// Longest accepted line from the server, in bytes.
     pub max_line_bytes: usize,
+    /// Credential passed in an environment variable, read at each spawn.
+    pub credential: Option<crate::credentials::Credential>,
+    /// Sender of the server's resource update notifications.
+    pub updates: tokio::sync::broadcast::Sender<Value>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// Relays of the requests in flight, by Warden's request id.
+type Relays = Arc<Mutex<HashMap<u64, Relay>>>;
+
+/// The destination of the interim messages of one request in flight.
+struct Relay {
+    sender: InterimSender,
+    /// The client's own `progressToken`, which Warden replaced with
+    /// [`progress_token`] of the request id.
+    progress_token: Option<Value>,
+}
+
+/// Prefix of the progress tokens Warden sends in place of the client's.
+const PROGRESS_TOKEN_PREFIX: &str = "warden-progress-";
 
 /// Lines of a server's stderr kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 20;
@@ -73,6 +98,7 @@ struct Process {
     child: tokio::sync::Mutex<Child>,
     lines: mpsc::Sender<String>,
     pending: Pending,
+    relays: Relays,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     initialize: Value,
@@ -106,14 +132,20 @@ impl StdioClient {
         Ok(self.ensure().await?.initialize.clone())
     }
 
-    /// Sends one request and waits for the response.
+    /// Sends one request and waits for the response. The progress
+    /// notifications of this request go to `relay`. So do logging
+    /// notifications and server requests while it is the only relayed
+    /// request in flight.
     pub async fn request(
         &self,
         method: &str,
         params: Option<Value>,
+        relay: Option<InterimSender>,
     ) -> Result<RpcOutcome, UpstreamError> {
         let process = self.ensure().await?;
-        let response = process.call(&self.settings.server, method, params).await?;
+        let response = process
+            .call(&self.settings.server, method, params, relay)
+            .await?;
         outcome_of(&self.settings.server, &response)
     }
 
@@ -213,6 +245,15 @@ impl StdioClient {
                 command.env(name, value);
             }
         }
+        // A brokered secret is read at each spawn, so a restarted server
+        // gets the current value.
+        if let Some(pair) = settings.credential.as_ref().and_then(|c| c.env_pair()) {
+            let (name, value) = pair.map_err(|message| UpstreamError::Unavailable {
+                server: server.clone(),
+                detail: format!("cannot start: the credential {message}"),
+            })?;
+            command.env(name, value);
+        }
         command
             .args(&settings.args)
             .envs(&settings.env)
@@ -243,6 +284,7 @@ impl StdioClient {
         let stderr = child.stderr.take().ok_or_else(|| unavailable("stderr"))?;
 
         let pending: Pending = Arc::default();
+        let relays: Relays = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (lines, lines_rx) = mpsc::channel::<String>(256);
 
@@ -254,9 +296,13 @@ impl StdioClient {
                 LinesCodec::new_with_max_length(settings.max_line_bytes),
             ),
             pending.clone(),
-            lines.clone(),
+            Routes {
+                relays: relays.clone(),
+                lines: lines.clone(),
+                changes: self.changes.clone(),
+                updates: settings.updates.clone(),
+            },
             alive.clone(),
-            self.changes.clone(),
         ));
         let stderr_tail: StderrTail = Arc::default();
         tokio::spawn(log_stderr(
@@ -270,12 +316,18 @@ impl StdioClient {
             child: tokio::sync::Mutex::new(child),
             lines,
             pending,
+            relays,
             next_id: AtomicU64::new(1),
             alive,
             initialize: Value::Null,
         };
         let response = match process
-            .call(&server, "initialize", Some(client_initialize_params()))
+            .call(
+                &server,
+                "initialize",
+                Some(client_initialize_params()),
+                None,
+            )
             .await
         {
             Ok(response) => response,
@@ -321,6 +373,7 @@ impl Process {
         server: &str,
         method: &str,
         params: Option<Value>,
+        relay: Option<InterimSender>,
     ) -> Result<Value, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -329,9 +382,39 @@ impl Process {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         let mut message = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+        let mut params = params;
+        if let Some(sender) = relay {
+            // Every agent shares this one process, so a client's token could
+            // collide with another's. The server gets Warden's token, and
+            // relayed notifications carry the client's own again.
+            let progress_token = params
+                .as_mut()
+                .and_then(|params| params.get_mut("_meta"))
+                .and_then(Value::as_object_mut)
+                .and_then(|meta| meta.insert("progressToken".into(), json!(progress_token(id))));
+            if progress_token.is_none()
+                && let Some(params) = params.as_mut()
+            {
+                remove_progress_token(params);
+            }
+            self.relays
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    id,
+                    Relay {
+                        sender,
+                        progress_token,
+                    },
+                );
+        }
         if let Some(params) = params {
             message["params"] = params;
         }
+        let _relay = RelayGuard {
+            relays: self.relays.clone(),
+            id,
+        };
         if let Err(error) = self.send(server, &message).await {
             self.pending
                 .lock()
@@ -376,6 +459,57 @@ impl Process {
     }
 }
 
+/// Removes a relay entry when its request ends, however it ends.
+struct RelayGuard {
+    relays: Relays,
+    id: u64,
+}
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Returns the progress token Warden sends for request `id`.
+fn progress_token(id: u64) -> String {
+    format!("{PROGRESS_TOKEN_PREFIX}{id}")
+}
+
+fn remove_progress_token(params: &mut Value) {
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        meta.remove("progressToken");
+    }
+}
+
+/// Returns the relay of the only relayed request in flight, if exactly one
+/// is.
+fn sole_relay(relays: &Relays) -> Option<InterimSender> {
+    let relays = relays.lock().unwrap_or_else(|e| e.into_inner());
+    match relays.len() {
+        1 => relays.values().next().map(|relay| relay.sender.clone()),
+        _ => None,
+    }
+}
+
+/// Finds the request a progress notification belongs to by Warden's
+/// token, puts the client's own token back and returns the relay.
+fn progress_relay(relays: &Relays, message: &mut Value) -> Option<InterimSender> {
+    let id = message
+        .pointer("/params/progressToken")
+        .and_then(Value::as_str)
+        .and_then(|token| token.strip_prefix(PROGRESS_TOKEN_PREFIX))
+        .and_then(|id| id.parse::<u64>().ok())?;
+    let relays = relays.lock().unwrap_or_else(|e| e.into_inner());
+    let relay = relays.get(&id)?;
+    let token = relay.progress_token.clone()?;
+    message["params"]["progressToken"] = token;
+    Some(relay.sender.clone())
+}
+
 fn notification(method: &str, params: Option<Value>) -> Value {
     let mut message = json!({ "jsonrpc": "2.0", "method": method });
     if let Some(params) = params {
@@ -403,13 +537,24 @@ async fn write_lines(
     alive.store(false, Ordering::Release);
 }
 
+/// Destinations of the server's messages that are not responses.
+struct Routes {
+    /// Relays of the requests in flight.
+    relays: Relays,
+    /// Lines to write to the server, for responses to its requests.
+    lines: mpsc::Sender<String>,
+    /// Bumped on `notifications/tools/list_changed`.
+    changes: Arc<AtomicU64>,
+    /// Resource update notifications.
+    updates: tokio::sync::broadcast::Sender<Value>,
+}
+
 async fn read_messages(
     server: String,
     mut stdout: FramedRead<tokio::process::ChildStdout, LinesCodec>,
     pending: Pending,
-    lines: mpsc::Sender<String>,
+    routes: Routes,
     alive: Arc<AtomicBool>,
-    changes: Arc<AtomicU64>,
 ) {
     while let Some(line) = stdout.next().await {
         let line = match line {
@@ -433,9 +578,12 @@ async fn read_messages(
                 continue;
             }
         };
-        let id = message.get("id");
-        let method = message.get("method").and_then(Value::as_str);
-        match (id, method) {
+        let id = message.get("id").cloned();
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match (id.as_ref(), method.as_deref()) {
             (Some(id), None) => {
                 let waiter = id.as_u64().and_then(|id| {
                     pending
@@ -453,24 +601,55 @@ async fn read_messages(
                 }
             }
             (Some(id), Some(method)) => {
-                // NOTE: server-to-client requests are not relayed to agents
-                // over stdio; Warden responds to ping and rejects the rest.
-                let reply = if method == "ping" {
-                    json!({ "jsonrpc": "2.0", "id": id, "result": {} })
-                } else {
-                    tracing::debug!(upstream = %server, method, "rejected server-to-client request");
-                    json!({ "jsonrpc": "2.0", "id": id, "error": {
-                        "code": -32601,
-                        "message": format!("{method} is not supported by this client")
-                    }})
-                };
-                let _ = lines.send(reply.to_string()).await;
+                // Stdio carries no link between a server request and the
+                // call that caused it, so only the sole relayed request in
+                // flight can be its cause. Otherwise Warden responds itself.
+                match sole_relay(&routes.relays) {
+                    Some(sender) => {
+                        let lines = routes.lines.clone();
+                        let server = server.clone();
+                        tokio::spawn(async move {
+                            let answer =
+                                super::relay_request(Some(&sender), &server, &message).await;
+                            let _ = lines.send(answer.to_string()).await;
+                        });
+                    }
+                    None => {
+                        tracing::debug!(upstream = %server, method, "Warden responded to a server-to-client request itself");
+                        let answer = super::local_answer(id, method);
+                        let _ = routes.lines.send(answer.to_string()).await;
+                    }
+                }
             }
             (None, Some(method)) => {
                 if method == "notifications/tools/list_changed" {
-                    changes.fetch_add(1, Ordering::AcqRel);
+                    routes.changes.fetch_add(1, Ordering::AcqRel);
                 }
-                tracing::debug!(upstream = %server, method, "upstream notification");
+                if method == "notifications/resources/updated" {
+                    // No receiver means no agent subscribed; nothing to do.
+                    let _ = routes.updates.send(message);
+                    continue;
+                }
+                let mut message = message;
+                let target = match method {
+                    "notifications/progress" => progress_relay(&routes.relays, &mut message),
+                    "notifications/message" => sole_relay(&routes.relays),
+                    _ => None,
+                };
+                let relayed = match target {
+                    // A full queue means the agent is not reading; dropping
+                    // a notification is better than stalling every call.
+                    Some(sender) => sender
+                        .try_send(super::Interim::Notification {
+                            server: server.clone(),
+                            message,
+                        })
+                        .is_ok(),
+                    None => false,
+                };
+                if !relayed {
+                    tracing::debug!(upstream = %server, method, "upstream notification not relayed");
+                }
             }
             (None, None) => {
                 tracing::debug!(upstream = %server, "upstream sent a message with neither id nor method");

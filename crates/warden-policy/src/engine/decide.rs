@@ -15,13 +15,35 @@ use cedar_policy::{
 };
 use serde_json::Value;
 
-use super::{ActionPolicies, CompiledTool, GATEWAY_ID, PolicyEngine, PolicyTexts};
+use super::{ActionPolicies, CompiledRoute, CompiledTool, GATEWAY_ID, PolicyEngine, PolicyTexts};
 use crate::arguments::convert::convert_arguments;
 
 use crate::{
     ARGUMENTS_POLICY_ID, Decision, Outcome, REQUEST_POLICY_ID, Step, StepRequest, TaskContext,
     UNKNOWN_TOOL_POLICY_ID,
 };
+
+/// The fields of a [`Step::CallModel`].
+struct ModelCall<'a> {
+    provider: &'a str,
+    model: &'a str,
+    stream: bool,
+    max_tokens: i64,
+    tools: &'a [String],
+    usage: crate::ModelUsage,
+}
+
+/// The fields of a [`Step::HttpRequest`] besides the route.
+struct HttpCall<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(String, String)],
+    body: &'a Value,
+    has_body: bool,
+    content_type: &'a str,
+    destination: crate::Destination<'a>,
+    memory: &'a crate::TaskMemory,
+}
 
 /// The parts of a Cedar request that differ between steps.
 struct StepParts<'a> {
@@ -53,12 +75,69 @@ impl PolicyEngine {
                 Some(compiled) => self.decide_list_tool(task, compiled),
                 None => unknown_tool(tool),
             },
-            Step::CallTool { tool, arguments } => match self.tools.get(tool) {
-                Some(compiled) => self.decide_call_tool(task, compiled, arguments),
+            Step::CallTool {
+                tool,
+                arguments,
+                model_requested,
+                memory,
+            } => match self.tools.get(tool) {
+                Some(compiled) => {
+                    self.decide_call_tool(task, compiled, arguments, model_requested, memory)
+                }
                 None => unknown_tool(tool),
             },
+            Step::CallModel {
+                provider,
+                model,
+                stream,
+                max_tokens,
+                tools,
+                usage,
+            } => self.decide_call_model(
+                task,
+                &ModelCall {
+                    provider,
+                    model,
+                    stream,
+                    max_tokens,
+                    tools,
+                    usage,
+                },
+            ),
             Step::ReadResource { server, uri } => self.decide_read_resource(task, server, uri),
             Step::GetPrompt { server, name } => self.decide_get_prompt(task, server, name),
+            Step::ServerRequest {
+                server,
+                method,
+                tool,
+            } => self.decide_server_request(task, server, method, tool),
+            Step::HttpRequest {
+                route,
+                method,
+                path,
+                query,
+                body,
+                has_body,
+                content_type,
+                destination,
+                memory,
+            } => match self.routes.get(route) {
+                Some(compiled) => self.decide_http(
+                    task,
+                    compiled,
+                    &HttpCall {
+                        method,
+                        path,
+                        query,
+                        body,
+                        has_body,
+                        content_type,
+                        destination,
+                        memory,
+                    },
+                ),
+                None => unknown_route(route),
+            },
             Step::Delegate {
                 to_agent,
                 tools,
@@ -172,6 +251,8 @@ impl PolicyEngine {
         task: &TaskContext,
         tool: &CompiledTool,
         arguments: &Value,
+        model_requested: bool,
+        memory: &crate::TaskMemory,
     ) -> Outcome {
         let qualified = tool.uid.id().unescaped();
         let description = format!("calling tool {qualified} with these arguments");
@@ -192,6 +273,19 @@ impl PolicyEngine {
             Ok(record) => record,
             Err(error) => return request_failure(&description, error),
         };
+        let added: Vec<(String, i64)> = tool
+            .definition
+            .sum_arguments
+            .iter()
+            .filter_map(|name| {
+                let units = crate::sum_units(converted.forwarded.get(name)?)?;
+                Some((name.clone(), units))
+            })
+            .collect();
+        let memory_record = match self.memory_record(memory, &added) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
         let mut entities = vec![tool.entity.clone()];
         entities.extend(self.path_entities(&converted.paths));
         let plain = tool
@@ -206,6 +300,11 @@ impl PolicyEngine {
             context: vec![
                 ("task".to_owned(), task_record),
                 ("arguments".to_owned(), converted.record),
+                (
+                    "model_requested".to_owned(),
+                    RestrictedExpression::new_bool(model_requested),
+                ),
+                ("memory".to_owned(), memory_record),
             ],
             entities,
             description,
@@ -213,6 +312,224 @@ impl PolicyEngine {
         let mut outcome = self.evaluate(task, parts);
         outcome.arguments = Some(converted.forwarded);
         outcome
+    }
+
+    fn decide_call_model(&self, task: &TaskContext, call: &ModelCall<'_>) -> Outcome {
+        let description = format!("calling model {} of provider {}", call.model, call.provider);
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let resource = self.names.uid(
+            &self.names.model,
+            &format!("{}/{}", call.provider, call.model),
+        );
+        let entity = Entity::new_with_tags(
+            resource.clone(),
+            [
+                ("provider".to_owned(), string(call.provider)),
+                ("name".to_owned(), string(call.model)),
+            ],
+            [],
+            [],
+        );
+        let entity = match entity {
+            Ok(entity) => entity,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let usage = RestrictedExpression::new_record([
+            (
+                "calls".to_owned(),
+                RestrictedExpression::new_long(call.usage.calls),
+            ),
+            (
+                "input_tokens".to_owned(),
+                RestrictedExpression::new_long(call.usage.input_tokens),
+            ),
+            (
+                "output_tokens".to_owned(),
+                RestrictedExpression::new_long(call.usage.output_tokens),
+            ),
+            (
+                "total_tokens".to_owned(),
+                RestrictedExpression::new_long(call.usage.total_tokens()),
+            ),
+        ]);
+        let usage = match usage {
+            Ok(usage) => usage,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let tools = call
+            .tools
+            .iter()
+            .map(|tool| RestrictedExpression::new_string(tool.clone()));
+        let parts = StepParts {
+            action: &self.call_model,
+            plain: None,
+            resource,
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("provider".to_owned(), string(call.provider)),
+                ("model".to_owned(), string(call.model)),
+                (
+                    "stream".to_owned(),
+                    RestrictedExpression::new_bool(call.stream),
+                ),
+                (
+                    "max_tokens".to_owned(),
+                    RestrictedExpression::new_long(call.max_tokens),
+                ),
+                ("tools".to_owned(), RestrictedExpression::new_set(tools)),
+                ("usage".to_owned(), usage),
+            ],
+            entities: vec![entity],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_http(
+        &self,
+        task: &TaskContext,
+        route: &CompiledRoute,
+        call: &HttpCall<'_>,
+    ) -> Outcome {
+        let route_name = route.uid.id().unescaped();
+        let description = format!("{} {} on route {route_name}", call.method, call.path);
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        // Declared parameters by name; a repeated one shows its first value.
+        let mut declared: Vec<(String, RestrictedExpression)> = Vec::new();
+        for name in &route.query_params {
+            if let Some((_, value)) = call.query.iter().find(|(key, _)| key == name) {
+                declared.push((name.clone(), string(value)));
+            }
+        }
+        let query = match RestrictedExpression::new_record(declared) {
+            Ok(query) => query,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let names: BTreeSet<&str> = call.query.iter().map(|(key, _)| key.as_str()).collect();
+        let destination = RestrictedExpression::new_record([
+            ("scheme".to_owned(), string(call.destination.scheme)),
+            ("host".to_owned(), string(call.destination.host)),
+            (
+                "port".to_owned(),
+                RestrictedExpression::new_long(i64::from(call.destination.port)),
+            ),
+        ]);
+        let destination = match destination {
+            Ok(destination) => destination,
+            Err(error) => return request_failure(&description, error.to_string()),
+        };
+        let path_uid = self.names.uid(&self.names.path, call.path);
+        let mut context = vec![
+            ("task".to_owned(), task_record),
+            ("method".to_owned(), string(call.method)),
+            (
+                "path".to_owned(),
+                RestrictedExpression::new_entity_uid(path_uid),
+            ),
+            ("path_text".to_owned(), string(call.path)),
+            ("query".to_owned(), query),
+            (
+                "query_names".to_owned(),
+                RestrictedExpression::new_set(names.into_iter().map(string)),
+            ),
+            (
+                "has_body".to_owned(),
+                RestrictedExpression::new_bool(call.has_body),
+            ),
+            ("content_type".to_owned(), string(call.content_type)),
+            ("destination".to_owned(), destination),
+        ];
+        match self.memory_record(call.memory, &[]) {
+            Ok(record) => context.push(("memory".to_owned(), record)),
+            Err(error) => return request_failure(&description, error),
+        }
+        let mut entities = vec![route.entity.clone()];
+        let mut paths = vec![call.path.to_owned()];
+        let mut forwarded = None;
+        if let Some(body_type) = &route.body
+            && call.body.is_object()
+        {
+            match convert_arguments(body_type, call.body, &self.names.path) {
+                Ok(converted) => {
+                    context.push(("body".to_owned(), converted.record));
+                    paths.extend(converted.paths);
+                    forwarded = Some(converted.forwarded);
+                }
+                Err(error) => {
+                    let message = error.message(&format!("the body of route {route_name}"));
+                    return Outcome {
+                        decision: Decision::Deny,
+                        policy_ids: vec![ARGUMENTS_POLICY_ID.to_owned()],
+                        reason: message.clone(),
+                        errors: vec![message],
+                        arguments: None,
+                    };
+                }
+            }
+        }
+        entities.extend(self.path_entities(&paths));
+        let parts = StepParts {
+            action: &route.policies,
+            plain: None,
+            resource: route.uid.clone(),
+            context,
+            entities,
+            description,
+        };
+        let mut outcome = self.evaluate(task, parts);
+        outcome.arguments = forwarded;
+        outcome
+    }
+
+    /// Builds `context.memory`: the task tree's labels, calls, calls per
+    /// class (every known class, 0 when unused), and its sums before and
+    /// with this call's `added` amounts.
+    fn memory_record(
+        &self,
+        memory: &crate::TaskMemory,
+        added: &[(String, i64)],
+    ) -> Result<RestrictedExpression, String> {
+        let labels = memory.labels.iter().map(|label| string(label));
+        let class_calls = self.memory.classes.iter().map(|class| {
+            let count = memory.class_calls.get(class).copied().unwrap_or(0);
+            (class.clone(), RestrictedExpression::new_long(count))
+        });
+        let class_calls =
+            RestrictedExpression::new_record(class_calls).map_err(|error| error.to_string())?;
+        let sum = |with_call: bool| {
+            let entries = self.memory.sums.iter().map(|name| {
+                let mut units = memory.sums.get(name).copied().unwrap_or(0);
+                if with_call {
+                    for (added_name, amount) in added {
+                        if added_name == name {
+                            units = units.saturating_add(*amount);
+                        }
+                    }
+                }
+                (
+                    name.clone(),
+                    RestrictedExpression::new_decimal(decimal_text(units)),
+                )
+            });
+            RestrictedExpression::new_record(entries).map_err(|error| error.to_string())
+        };
+        RestrictedExpression::new_record([
+            ("labels".to_owned(), RestrictedExpression::new_set(labels)),
+            (
+                "calls".to_owned(),
+                RestrictedExpression::new_long(memory.calls),
+            ),
+            ("class_calls".to_owned(), class_calls),
+            ("sums".to_owned(), sum(false)?),
+            ("sums_with_call".to_owned(), sum(true)?),
+        ])
+        .map_err(|error| error.to_string())
     }
 
     fn decide_read_resource(&self, task: &TaskContext, server: &str, uri: &str) -> Outcome {
@@ -279,6 +596,35 @@ impl PolicyEngine {
                 ("server".to_owned(), string(server)),
             ],
             entities: vec![entity],
+            description,
+        };
+        self.evaluate(task, parts)
+    }
+
+    fn decide_server_request(
+        &self,
+        task: &TaskContext,
+        server: &str,
+        method: &str,
+        tool: &str,
+    ) -> Outcome {
+        let description = format!("relaying {method} from server {server} to the agent");
+        let task_record = match task_record(task) {
+            Ok(record) => record,
+            Err(error) => return request_failure(&description, error),
+        };
+        let resource = self.names.uid(&self.names.server, server);
+        let parts = StepParts {
+            action: &self.server_request,
+            plain: None,
+            resource: resource.clone(),
+            context: vec![
+                ("task".to_owned(), task_record),
+                ("server".to_owned(), string(server)),
+                ("method".to_owned(), string(method)),
+                ("tool".to_owned(), string(tool)),
+            ],
+            entities: vec![Entity::new_no_attrs(resource, [].into())],
             description,
         };
         self.evaluate(task, parts)
@@ -459,6 +805,23 @@ fn unknown_tool(tool: &str) -> Outcome {
         decision: Decision::Deny,
         policy_ids: vec![UNKNOWN_TOOL_POLICY_ID.to_owned()],
         reason,
+        errors: Vec::new(),
+        arguments: None,
+    }
+}
+
+/// Formats 1/10,000 units as a Cedar decimal literal, e.g. `12.5000`.
+fn decimal_text(units: i64) -> String {
+    let sign = if units < 0 { "-" } else { "" };
+    let magnitude = units.unsigned_abs();
+    format!("{sign}{}.{:04}", magnitude / 10_000, magnitude % 10_000)
+}
+
+fn unknown_route(route: &str) -> Outcome {
+    Outcome {
+        decision: Decision::Deny,
+        policy_ids: vec![crate::UNKNOWN_ROUTE_POLICY_ID.to_owned()],
+        reason: format!("route {route} is not known to Warden"),
         errors: Vec::new(),
         arguments: None,
     }

@@ -3,8 +3,9 @@
 use serde_json::{Value, json};
 
 use crate::{
-    ARGUMENTS_POLICY_ID, Decision, EngineOptions, Outcome, PolicyEngine, PolicyLoadError,
-    REQUEST_POLICY_ID, Step, StepRequest, TaskContext, ToolDef, UNKNOWN_TOOL_POLICY_ID,
+    ARGUMENTS_POLICY_ID, Decision, EngineOptions, ModelUsage, Outcome, PolicyEngine,
+    PolicyLoadError, REQUEST_POLICY_ID, Step, StepRequest, TaskContext, TaskMemory, ToolDef,
+    UNKNOWN_TOOL_POLICY_ID,
 };
 
 fn tool(server: &str, name: &str, input_schema: Value) -> ToolDef {
@@ -16,6 +17,8 @@ fn tool(server: &str, name: &str, input_schema: Value) -> ToolDef {
         annotations: None,
         classes: Vec::new(),
         path_arguments: None,
+        labels: Vec::new(),
+        sum_arguments: Vec::new(),
     }
 }
 
@@ -75,6 +78,7 @@ fn tools() -> Vec<ToolDef> {
 fn options() -> EngineOptions {
     EngineOptions {
         environment: "development".to_owned(),
+        routes: Vec::new(),
     }
 }
 
@@ -115,8 +119,15 @@ fn call(engine: &PolicyEngine, tool: &str, arguments: Value) -> Outcome {
         step: Step::CallTool {
             tool,
             arguments: &arguments,
+            model_requested: false,
+            memory: no_memory(),
         },
     })
+}
+
+fn no_memory() -> &'static TaskMemory {
+    static EMPTY: std::sync::OnceLock<TaskMemory> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(TaskMemory::default)
 }
 
 fn decide(engine: &PolicyEngine, step: Step<'_>) -> Outcome {
@@ -805,6 +816,41 @@ fn get_prompt_sees_prompt_name() {
 }
 
 #[test]
+fn server_request_sees_method_server_and_tool() {
+    let policies = "permit(principal, action == Warden::Action::\"server_request\", \
+                    resource == Warden::Server::\"docs\") \
+                    when { context.method == \"elicitation/create\" && context.tool == \"docs__ask\" };";
+    let engine = engine(policies);
+    let request = |server, method, tool| {
+        decide(
+            &engine,
+            Step::ServerRequest {
+                server,
+                method,
+                tool,
+            },
+        )
+    };
+    let allowed = request("docs", "elicitation/create", "docs__ask");
+    let sampling = request("docs", "sampling/createMessage", "docs__ask");
+    let other_tool = request("docs", "elicitation/create", "docs__other");
+    let other_server = request("web", "elicitation/create", "docs__ask");
+
+    assert_eq!(allowed.decision, Decision::Allow);
+    assert_eq!(sampling.decision, Decision::Deny);
+    assert_eq!(other_tool.decision, Decision::Deny);
+    assert_eq!(other_server.decision, Decision::Deny);
+}
+
+#[test]
+fn server_request_policy_reading_arguments_fails_to_load() {
+    let policy = "permit(principal, action == Warden::Action::\"server_request\", resource) \
+                  when { context.arguments.path == \"/a\" };";
+    let error = load_error(&[("requests.cedar", policy)]);
+    assert_eq!(error.problems().len(), 1, "{error}");
+}
+
+#[test]
 fn no_policies_deny_everything() {
     let engine = engine("");
     assert_eq!(engine.policy_count(), 0);
@@ -910,6 +956,8 @@ fn delegation_engine() -> PolicyEngine {
         annotations: None,
         classes: vec!["payment".to_owned()],
         path_arguments: None,
+        labels: Vec::new(),
+        sum_arguments: Vec::new(),
     }];
     PolicyEngine::from_sources(
         &[(
@@ -919,6 +967,7 @@ fn delegation_engine() -> PolicyEngine {
         &tools,
         EngineOptions {
             environment: "test".to_owned(),
+            routes: Vec::new(),
         },
     )
     .expect("delegation policies load")
@@ -964,6 +1013,8 @@ fn delegated_agent_sees_its_depth() {
         step: Step::CallTool {
             tool: "pay__transfer",
             arguments: &arguments,
+            model_requested: false,
+            memory: no_memory(),
         },
     });
     assert_eq!(root.decision, Decision::Allow);
@@ -972,6 +1023,8 @@ fn delegated_agent_sees_its_depth() {
         step: Step::CallTool {
             tool: "pay__transfer",
             arguments: &arguments,
+            model_requested: false,
+            memory: no_memory(),
         },
     });
     assert_eq!(delegated.decision, Decision::Deny);
@@ -1089,4 +1142,426 @@ fn path_guarded_policy_keeps_its_id() {
     let engine = engine(&GUARDED_RULES.replace("{lead}", ""));
     let outcome = call(&engine, "fs__read_file", json!({"path": "/a/x"}));
     assert_eq!(outcome.policy_ids, vec!["read-a"]);
+}
+
+const MODEL_POLICIES: &str = r#"
+@id("models")
+permit (principal, action == Warden::Action::"call_model", resource)
+when { resource.provider == "openai" };
+
+@id("no-streaming")
+@reason("streaming is off for this deployment")
+forbid (principal, action == Warden::Action::"call_model", resource)
+when { context.stream };
+
+@id("call-budget")
+forbid (principal, action == Warden::Action::"call_model", resource)
+when { context.usage.total_tokens >= 1000 || context.tools.contains("mail__send_email") };
+
+@id("requested-only")
+forbid (principal, action in Warden::Action::"call_tool", resource)
+unless { context.model_requested };
+"#;
+
+fn call_model(engine: &PolicyEngine, provider: &str, stream: bool, usage: ModelUsage) -> Outcome {
+    engine.decide(&StepRequest {
+        task: &task(),
+        step: Step::CallModel {
+            provider,
+            model: "gpt-4o-mini",
+            stream,
+            max_tokens: 0,
+            tools: &[],
+            usage,
+        },
+    })
+}
+
+#[test]
+fn call_model_sees_provider_stream_and_usage() {
+    let engine = engine(MODEL_POLICIES);
+    let fresh = ModelUsage::default();
+    let allowed = call_model(&engine, "openai", false, fresh);
+    assert_eq!(allowed.decision, Decision::Allow, "{allowed:?}");
+    assert_eq!(allowed.policy_ids, vec!["models"]);
+
+    assert_eq!(
+        call_model(&engine, "anthropic", false, fresh).decision,
+        Decision::Deny
+    );
+    let streamed = call_model(&engine, "openai", true, fresh);
+    assert_eq!(streamed.policy_ids, vec!["no-streaming"]);
+
+    let spent = ModelUsage {
+        calls: 3,
+        input_tokens: 600,
+        output_tokens: 400,
+    };
+    let over = call_model(&engine, "openai", false, spent);
+    assert_eq!(over.decision, Decision::Deny);
+    assert_eq!(over.policy_ids, vec!["call-budget"]);
+}
+
+#[test]
+fn call_model_sees_offered_tools() {
+    let engine = engine(MODEL_POLICIES);
+    let tools = vec!["mail__send_email".to_owned()];
+    let outcome = engine.decide(&StepRequest {
+        task: &task(),
+        step: Step::CallModel {
+            provider: "openai",
+            model: "gpt-4o-mini",
+            stream: false,
+            max_tokens: 256,
+            tools: &tools,
+            usage: ModelUsage::default(),
+        },
+    });
+    assert_eq!(outcome.policy_ids, vec!["call-budget"]);
+}
+
+#[test]
+fn call_tool_sees_model_requested() {
+    let engine = engine(&format!("{PERMIT_ALL}{MODEL_POLICIES}"));
+    let arguments = json!({"path": "/data/a.txt"});
+    let step = |model_requested| Step::CallTool {
+        tool: "fs__read_file",
+        arguments: &arguments,
+        model_requested,
+        memory: no_memory(),
+    };
+    let unrequested = decide(&engine, step(false));
+    assert_eq!(unrequested.decision, Decision::Deny);
+    assert_eq!(unrequested.policy_ids, vec!["requested-only"]);
+    assert_eq!(decide(&engine, step(true)).decision, Decision::Allow);
+}
+
+#[test]
+fn model_context_is_not_visible_to_tool_calls() {
+    let policy = r#"
+@id("bad")
+permit (principal, action in Warden::Action::"call_tool", resource)
+when { context.usage.calls < 3 };
+"#;
+    let error = load_error(&[("bad.cedar", policy)]);
+    assert!(error.to_string().contains("bad"), "{error}");
+}
+
+fn route_engine(policies: &str) -> Result<PolicyEngine, PolicyLoadError> {
+    let routes = vec![
+        crate::RouteDef {
+            name: "pay".to_owned(),
+            classes: vec!["payment".to_owned()],
+            query_params: vec!["q".to_owned()],
+            body_schema: Some(json!({
+                "type": "object",
+                "properties": { "amount": { "type": "integer" }, "to": { "type": "string" } },
+            })),
+            host: "api.test".to_owned(),
+            labels: Vec::new(),
+        },
+        crate::RouteDef {
+            name: "docs".to_owned(),
+            host: "docs.test".to_owned(),
+            ..crate::RouteDef::default()
+        },
+    ];
+    PolicyEngine::from_sources(
+        &[("routes.cedar".to_owned(), policies.to_owned())],
+        &tools(),
+        EngineOptions {
+            environment: "development".to_owned(),
+            routes,
+        },
+    )
+}
+
+const ROUTE_POLICIES: &str = r#"
+@id("public-reads")
+permit (principal, action in Warden::Action::"http_request", resource)
+when { context.method == "GET" && context.path in Warden::Path::"/public" };
+
+@id("small-payments")
+permit (principal, action == Warden::Action::"route:pay", resource)
+when { context.method == "POST" && context has body && context.body has amount && context.body.amount <= 100 };
+
+@id("no-search-for-secrets")
+forbid (principal, action in Warden::Action::"http_request", resource)
+when { context.query has q && context.query.q like "*secret*" };
+"#;
+
+fn http<'a>(
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(String, String)],
+    body: &'a Value,
+) -> Step<'a> {
+    Step::HttpRequest {
+        route,
+        method,
+        path,
+        query,
+        body,
+        has_body: !body.is_null(),
+        content_type: "application/json",
+        destination: crate::Destination {
+            scheme: "https",
+            host: "api.test",
+            port: 443,
+        },
+        memory: no_memory(),
+    }
+}
+
+#[test]
+fn http_request_decides_on_path_query_and_body() {
+    let engine = route_engine(ROUTE_POLICIES).expect("loads");
+    let none = Value::Null;
+    let no_query: Vec<(String, String)> = Vec::new();
+    let read = decide(&engine, http("docs", "GET", "/public/a", &no_query, &none));
+    assert_eq!(read.policy_ids, vec!["public-reads"]);
+    assert_eq!(
+        decide(&engine, http("docs", "GET", "/admin", &no_query, &none)).decision,
+        Decision::Deny
+    );
+
+    let search = vec![("q".to_owned(), "my secret key".to_owned())];
+    let searched = decide(&engine, http("pay", "GET", "/public/s", &search, &none));
+    assert_eq!(searched.policy_ids, vec!["no-search-for-secrets"]);
+
+    let small = json!({ "amount": "40", "to": "bob" });
+    let paid = decide(&engine, http("pay", "POST", "/payments", &no_query, &small));
+    assert_eq!(paid.decision, Decision::Allow, "{paid:?}");
+    assert_eq!(paid.arguments, Some(json!({ "amount": 40, "to": "bob" })));
+
+    let large = json!({ "amount": 5000 });
+    assert_eq!(
+        decide(&engine, http("pay", "POST", "/payments", &no_query, &large)).decision,
+        Decision::Deny
+    );
+    let undeclared = json!({ "amount": 5, "memo": "x" });
+    let refused = decide(
+        &engine,
+        http("pay", "POST", "/payments", &no_query, &undeclared),
+    );
+    assert_eq!(refused.policy_ids, vec![ARGUMENTS_POLICY_ID]);
+}
+
+#[test]
+fn http_request_to_unknown_route_denies() {
+    let engine = route_engine(ROUTE_POLICIES).expect("loads");
+    let outcome = decide(&engine, http("nope", "GET", "/", &[], &Value::Null));
+    assert_eq!(outcome.policy_ids, vec![crate::UNKNOWN_ROUTE_POLICY_ID]);
+}
+
+#[test]
+fn body_is_unavailable_on_routes_without_schema() {
+    let policy = r#"
+@id("bad")
+permit (principal, action == Warden::Action::"route:docs", resource)
+when { context.body.amount < 3 };
+"#;
+    let error = route_engine(policy).err().expect("load fails");
+    assert!(error.to_string().contains("bad"), "{error}");
+}
+
+/// The documented default pack, which decides by classes and labels only.
+fn default_pack(tools: &[ToolDef]) -> PolicyEngine {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/default");
+    PolicyEngine::load_dir(&dir, tools, options()).expect("default pack loads")
+}
+
+fn classed(server: &str, name: &str, classes: &[&str], labels: &[&str]) -> ToolDef {
+    ToolDef {
+        classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+        labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        ..tool(
+            server,
+            name,
+            json!({"type": "object", "properties": {"x": {"type": "string"}}}),
+        )
+    }
+}
+
+#[test]
+fn default_pack_decides_by_class_and_memory() {
+    let tools = vec![
+        classed("web", "fetch", &["read"], &["untrusted-content"]),
+        classed("mail", "send", &["external-send"], &[]),
+        classed("bank", "pay", &["payment", "write"], &[]),
+        classed("admin", "reset_password", &["identity-admin"], &[]),
+        // No classes and no annotations: MCP's defaults make it a write,
+        // delete and external send.
+        classed("misc", "mystery", &[], &[]),
+    ];
+    let engine = default_pack(&tools);
+    let task = task();
+    let call = |tool: &str, memory: &TaskMemory| {
+        engine
+            .decide(&StepRequest {
+                task: &task,
+                step: Step::CallTool {
+                    tool,
+                    arguments: &json!({"x": "1"}),
+                    model_requested: true,
+                    memory,
+                },
+            })
+            .decision
+    };
+    let fresh = TaskMemory::default();
+    let tainted = TaskMemory {
+        labels: ["untrusted-content".to_owned()].into(),
+        ..TaskMemory::default()
+    };
+    assert_eq!(call("web__fetch", &fresh), Decision::Allow);
+    assert_eq!(call("mail__send", &fresh), Decision::Allow);
+    assert_eq!(call("bank__pay", &fresh), Decision::Allow);
+    assert_eq!(call("web__fetch", &tainted), Decision::Allow);
+    assert_eq!(call("mail__send", &tainted), Decision::Hold);
+    assert_eq!(call("bank__pay", &tainted), Decision::Hold);
+    assert_eq!(call("admin__reset_password", &fresh), Decision::Hold);
+    assert_eq!(call("misc__mystery", &fresh), Decision::Hold);
+
+    let secret = TaskMemory {
+        labels: ["secret".to_owned()].into(),
+        ..TaskMemory::default()
+    };
+    assert_eq!(call("mail__send", &secret), Decision::Deny);
+}
+
+#[test]
+fn effective_classes_tighten_only() {
+    let annotated = |classes: &[&str], annotations: Value| ToolDef {
+        annotations: Some(annotations),
+        ..classed("s", "t", classes, &[])
+    };
+    // A server's read-only claim adds nothing to a configured write.
+    assert_eq!(
+        annotated(&["write"], json!({"readOnlyHint": true})).effective_classes(),
+        vec!["write"]
+    );
+    // Explicit hints tighten a configured read.
+    assert_eq!(
+        annotated(
+            &["read"],
+            json!({"readOnlyHint": false, "destructiveHint": true})
+        )
+        .effective_classes(),
+        vec!["read", "write", "delete"]
+    );
+    // Without configuration, annotations fill the gap.
+    assert_eq!(
+        annotated(&[], json!({"readOnlyHint": true})).effective_classes(),
+        vec!["read"]
+    );
+    assert_eq!(
+        annotated(&[], json!({"readOnlyHint": true})).effective_labels(),
+        vec!["untrusted-content"]
+    );
+    assert_eq!(
+        annotated(
+            &[],
+            json!({"readOnlyHint": false, "destructiveHint": false, "openWorldHint": false})
+        )
+        .effective_classes(),
+        vec!["write"]
+    );
+}
+
+#[test]
+fn memory_sums_include_the_call() {
+    let mut pay = classed("bank", "pay", &["payment"], &[]);
+    pay.input_schema = json!({"type": "object", "properties": {"amount": {"type": "number"}}});
+    pay.sum_arguments = vec!["amount".to_owned()];
+    let policy = r#"
+@id("pay")
+permit (principal, action in Warden::Action::"call_tool", resource);
+@id("sum-cap")
+forbid (principal, action in Warden::Action::"call_tool", resource)
+when { context.memory.sums_with_call.amount.greaterThan(decimal("1000.0")) };
+"#;
+    let engine = PolicyEngine::from_sources(
+        &[("p.cedar".to_owned(), policy.to_owned())],
+        &[pay],
+        options(),
+    )
+    .expect("loads");
+    let task = task();
+    let decide_with = |spent: i64, amount: &str| {
+        let memory = TaskMemory {
+            sums: [("amount".to_owned(), spent * 10_000)].into(),
+            ..TaskMemory::default()
+        };
+        engine
+            .decide(&StepRequest {
+                task: &task,
+                step: Step::CallTool {
+                    tool: "bank__pay",
+                    arguments: &json!({"amount": amount}),
+                    model_requested: false,
+                    memory: &memory,
+                },
+            })
+            .decision
+    };
+    assert_eq!(decide_with(900, "100"), Decision::Allow);
+    assert_eq!(decide_with(900, "100.01"), Decision::Deny);
+    assert_eq!(decide_with(0, "999.5"), Decision::Allow);
+}
+
+#[test]
+fn default_pack_holds_tools_with_mixed_classes() {
+    let tools = vec![
+        // A fetch reaches a host the agent chose, so its URL can carry data out.
+        classed(
+            "web",
+            "get_page",
+            &["read", "external-send"],
+            &["untrusted-content"],
+        ),
+        classed("chat", "add_member", &["write", "external-send"], &[]),
+        classed("chat", "invite", &["identity-admin", "external-send"], &[]),
+        classed("chat", "remove", &["identity-admin", "delete"], &[]),
+        classed("bank", "update_profile", &["write"], &[]),
+    ];
+    let engine = default_pack(&tools);
+    let task = task();
+    let call = |tool: &str, labels: &[&str]| {
+        let memory = TaskMemory {
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            ..TaskMemory::default()
+        };
+        engine
+            .decide(&StepRequest {
+                task: &task,
+                step: Step::CallTool {
+                    tool,
+                    arguments: &json!({"x": "1"}),
+                    model_requested: true,
+                    memory: &memory,
+                },
+            })
+            .decision
+    };
+
+    assert_eq!(call("web__get_page", &[]), Decision::Allow);
+    assert_eq!(
+        call("web__get_page", &["untrusted-content"]),
+        Decision::Hold
+    );
+    assert_eq!(call("web__get_page", &["sensitive"]), Decision::Hold);
+    assert_eq!(call("chat__add_member", &[]), Decision::Allow);
+    assert_eq!(
+        call("chat__add_member", &["untrusted-content"]),
+        Decision::Hold
+    );
+    assert_eq!(call("chat__invite", &[]), Decision::Hold);
+    assert_eq!(call("chat__invite", &["secret"]), Decision::Deny);
+    assert_eq!(call("chat__remove", &[]), Decision::Hold);
+    assert_eq!(
+        call("bank__update_profile", &["untrusted-content"]),
+        Decision::Allow
+    );
 }

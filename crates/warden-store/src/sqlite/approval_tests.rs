@@ -987,7 +987,7 @@ fn create_version_1_store(path: &Path) {
             detail: json!({"index": index}),
         })
         .collect();
-    sql::insert_audit_batch(&mut conn, &records).expect("insert audit records");
+    sql::insert_audit_batch(&mut conn, &records, false).expect("insert audit records");
 }
 
 #[tokio::test]

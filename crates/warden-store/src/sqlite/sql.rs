@@ -14,11 +14,19 @@ use crate::{
 };
 
 mod approval;
+mod checkpoint;
+mod counter;
+mod pins;
 
 pub(super) use self::approval::{
     ApprovalDecision, ApprovalInsert, consume_approval, decide_approval, find_approval,
     insert_approval, open_approval, select_approval, select_approvals,
 };
+pub(super) use self::checkpoint::{
+    CheckpointInsert, insert_checkpoint, select_audit_head, select_checkpoints,
+};
+pub(super) use self::counter::{add_counters, select_counters};
+pub(super) use self::pins::{save_tool_pin, select_tool_pins};
 
 /// Schema migrations; entry `i` moves the schema from version `i` to
 /// `i + 1`, and `PRAGMA user_version` stores the version reached. Stores
@@ -91,6 +99,33 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_call ON approvals (task_id, tool, arguments_hash);
     CREATE INDEX approvals_status ON approvals (status, created_at);
     CREATE INDEX approvals_created ON approvals (created_at);",
+    // Version 3: signed checkpoints of the audit chain's head, and integer
+    // counters per scope (a trace id) for per-task budgets.
+    "CREATE TABLE audit_checkpoints (
+        seq INTEGER PRIMARY KEY NOT NULL,
+        hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        signature TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE counters (
+        scope TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (scope, name)
+    ) STRICT, WITHOUT ROWID;",
+    // Version 4: pinned tool definitions, which an operator accepts.
+    "CREATE TABLE tool_pins (
+        tool TEXT PRIMARY KEY NOT NULL,
+        hash TEXT,
+        definition TEXT,
+        accepted_at INTEGER,
+        accepted_by TEXT,
+        pending_hash TEXT,
+        pending_definition TEXT,
+        pending_reason TEXT,
+        seen_at INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this build creates and reads.
@@ -313,15 +348,28 @@ pub(super) fn revoke_task(
     Ok(ids)
 }
 
+/// Position of a committed batch of audit records in the chain.
+#[derive(Debug)]
+pub(super) struct AppendedBatch {
+    /// Seq of the last record written.
+    pub(super) last_seq: i64,
+    /// Hash of the record before the batch, or [`GENESIS_HASH`].
+    pub(super) prev_hash: String,
+    /// Hash of each record of the batch, in order; empty unless requested.
+    pub(super) hashes: Vec<String>,
+}
+
 /// Appends `records` after the newest stored record, chaining their hashes,
-/// in one transaction; returns the seq of the last record written.
+/// in one transaction, and returns where they landed. The hash of each
+/// record is kept only when `keep_hashes` is true.
 ///
 /// The newest seq and hash are read inside the write transaction, so the
 /// chain continues correctly after a restart or a failed batch.
 pub(super) fn insert_audit_batch(
     conn: &mut Connection,
     records: &[NewAuditRecord],
-) -> Result<i64, DbError> {
+    keep_hashes: bool,
+) -> Result<AppendedBatch, DbError> {
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (mut seq, mut prev_hash) = transaction
         .query_row(
@@ -331,6 +379,8 @@ pub(super) fn insert_audit_batch(
         )
         .optional()?
         .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
+    let batch_prev_hash = keep_hashes.then(|| prev_hash.clone());
+    let mut hashes = Vec::with_capacity(if keep_hashes { records.len() } else { 0 });
     {
         let mut insert = transaction.prepare_cached(&format!(
             "INSERT INTO audit ({AUDIT_COLUMNS}) \
@@ -357,11 +407,18 @@ pub(super) fn insert_audit_batch(
                 prev_hash,
                 hash,
             ])?;
+            if keep_hashes {
+                hashes.push(hash.clone());
+            }
             prev_hash = hash;
         }
     }
     transaction.commit()?;
-    Ok(seq)
+    Ok(AppendedBatch {
+        last_seq: seq,
+        prev_hash: batch_prev_hash.unwrap_or_default(),
+        hashes,
+    })
 }
 
 /// Loads every audit record of one trace, in seq order.

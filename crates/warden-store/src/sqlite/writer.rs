@@ -5,8 +5,11 @@
 //! bounded queue and returns, and the writer commits whatever has gathered
 //! while the previous commit ran (group commit). Flush and stop requests
 //! travel through the same queue, so they are answered only after every
-//! record queued before them is committed.
+//! record queued before them is committed. After each commit the writer
+//! hands the committed records, with their seq and hashes, to the
+//! [`AuditObserver`] when one is set.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use super::sql;
 use crate::check::exceeds_depth;
-use crate::{NewAuditRecord, StoreError};
+use crate::{AuditObserver, AuditRecord, NewAuditRecord, StoreError};
 
 /// Waits between commit attempts of one batch; after the last attempt
 /// fails the batch is dropped and counted.
@@ -52,13 +55,15 @@ pub(super) struct AuditQueue {
 }
 
 impl AuditQueue {
-    /// Starts the writer thread on `conn` with a queue of `capacity` records.
+    /// Starts the writer thread on `conn` with a queue of `capacity`
+    /// records; `observer` receives every committed batch.
     pub(super) fn start(
         conn: Connection,
         capacity: usize,
         settings: BatchSettings,
         store: String,
         lost: Arc<LostRecords>,
+        observer: Option<Arc<dyn AuditObserver>>,
     ) -> std::io::Result<AuditQueue> {
         let (sender, receiver) = mpsc::sync_channel(capacity.max(1));
         let writer = Writer {
@@ -66,6 +71,7 @@ impl AuditQueue {
             settings,
             store: store.clone(),
             lost: Arc::clone(&lost),
+            observer,
             failed_records: 0,
             last_failure: None,
         };
@@ -275,6 +281,7 @@ struct Writer {
     settings: BatchSettings,
     store: String,
     lost: Arc<LostRecords>,
+    observer: Option<Arc<dyn AuditObserver>>,
     /// Records dropped since the last acknowledgement.
     failed_records: u64,
     last_failure: Option<String>,
@@ -291,7 +298,7 @@ impl Writer {
                 control = self.gather(&receiver, &mut batch);
             }
             if !batch.is_empty() {
-                self.commit(&batch);
+                self.commit(&mut batch);
                 batch.clear();
             }
             match control {
@@ -359,18 +366,20 @@ impl Writer {
     }
 
     /// Commits `batch`, retrying after [`RETRY_DELAYS`]; drops and counts it
-    /// when every attempt fails.
-    fn commit(&mut self, batch: &[NewAuditRecord]) {
+    /// when every attempt fails. A committed batch is moved out of `batch`
+    /// to the observer, when one is set.
+    fn commit(&mut self, batch: &mut Vec<NewAuditRecord>) {
         let mut attempt = 0;
         loop {
-            match sql::insert_audit_batch(&mut self.conn, batch) {
-                Ok(last_seq) => {
+            match sql::insert_audit_batch(&mut self.conn, batch, self.observer.is_some()) {
+                Ok(appended) => {
                     debug!(
                         store = %self.store,
                         audit.records = batch.len(),
-                        audit.seq = last_seq,
+                        audit.seq = appended.last_seq,
                         "audit batch committed"
                     );
+                    self.notify(batch, appended);
                     return;
                 }
                 Err(failure) => {
@@ -402,6 +411,41 @@ impl Writer {
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands the committed `batch` to the observer as stored records.
+    ///
+    /// A panic in the observer is caught and logged, so it cannot stop the
+    /// writer and with it the audit log.
+    fn notify(&self, batch: &mut Vec<NewAuditRecord>, appended: sql::AppendedBatch) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let last_seq = appended.last_seq;
+        let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let mut seq = last_seq.saturating_sub(count);
+        let mut prev_hash = appended.prev_hash;
+        let records: Vec<AuditRecord> = batch
+            .drain(..)
+            .zip(appended.hashes)
+            .map(|(record, hash)| {
+                seq += 1;
+                AuditRecord {
+                    seq,
+                    record,
+                    prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+                    hash,
+                }
+            })
+            .collect();
+        let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| observer.committed(&records)));
+        if delivered.is_err() {
+            error!(
+                store = %self.store,
+                audit.seq = last_seq,
+                "audit observer panicked; the committed batch was not observed"
+            );
         }
     }
 
