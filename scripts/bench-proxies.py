@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Measure the latency Warden adds to model calls and HTTP API requests.
 
-Starts the test provider stub (tests/python/servers/llm_stub.py) and a
-release `warden serve` with one `[llm.stub]` provider and one `[http.stub]`
-route in front of it, then sends the same requests alternately to the stub
+Starts a minimal provider on 127.0.0.1 (one fixed OpenAI-style chat
+completion for every request, written in one send with TCP_NODELAY, so the
+backend adds as little as possible) and a release `warden serve` with one
+`[llm.stub]` provider and one `[http.stub]` route in front of it, then sends the same requests alternately to the stub
 directly and through Warden over kept-alive connections, one at a time,
 and prints p50 and p99 for both and the difference.
 
@@ -28,8 +29,41 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 WARDEN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "warden"
-STUB = ROOT / "tests" / "python" / "servers" / "llm_stub.py"
 KEY = "sk-bench-0123456789abcdef"
+
+BACKEND = r"""
+import asyncio, json, socket, sys
+BODY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}).encode()
+RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+
+async def serve(reader, writer):
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            writer.write(RESPONSE)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
 
 
 def free_port() -> int:
@@ -62,8 +96,9 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         stub = subprocess.Popen(
-            [sys.executable, str(STUB), "0", "--openai-key", KEY, "--anthropic-key", KEY],
+            [sys.executable, "-c", BACKEND],
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         processes.append(stub)
         assert stub.stdout is not None
@@ -110,8 +145,8 @@ def main() -> int:
                 ("POST", f"{base}/llm/stub/v1/chat/completions", {"Authorization": f"Bearer {token}"}, chat),
             ),
             "HTTP route": (
-                ("GET", f"{stub_url}/_requests_count", {"Authorization": f"Bearer {KEY}"}, None),
-                ("GET", f"{base}/http/stub/_requests_count", {"Authorization": f"Bearer {token}"}, None),
+                ("POST", f"{stub_url}/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}, chat),
+                ("POST", f"{base}/http/stub/v1/chat/completions", {"Authorization": f"Bearer {token}"}, chat),
             ),
         }
         with httpx.Client(timeout=10.0) as direct_client, httpx.Client(timeout=10.0) as warden_client:

@@ -82,6 +82,14 @@ QUERY_POLICY = "no-forbidden-query"
 DEBUG_POLICY = "no-debug-parameter"
 EXTERNAL_POLICY = "no-external-send"
 
+# Built-in policy ids of a pre-check whose request Warden rejects before
+# deciding it.
+METHOD_POLICY_ID = "warden:method"
+TARGET_POLICY_ID = "warden:invalid-target"
+BODY_TYPE_POLICY_ID = "warden:body-type"
+DESTINATION_POLICY_ID = "warden:destination"
+ARGUMENTS_POLICY_ID = "warden:arguments"
+
 POLICIES = {
     "tasks.cedar": """
 @id("start-task")
@@ -253,6 +261,11 @@ max_redirects = 5
             f'kind = "txn_token"\naudience = "{WRONG_AUDIENCE}"',
         ),
     ]
+    # Only pre-checked, never requested: Warden must deny it without
+    # connecting anywhere.
+    sections.append(
+        route_toml("metadata", f'url = "http://169.254.169.254/latest"\n{private}')
+    )
     for name, host in PRIVATE_SPELLINGS.items():
         sections.append(
             route_toml(
@@ -650,6 +663,72 @@ def test_repeated_declared_parameter_not_smuggled(setup: Setup) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/http/api/admin;x=1",
+        "/http/api/public/..;/admin",
+        "/http/api/admin%3bx=1",
+        "/http/api/admin%3Bx=1",
+        "/http/api/public;/items",
+    ],
+)
+def test_semicolon_in_path_rejected(setup: Setup, raw_path: str) -> None:
+    task = setup.gateway.start_task()
+    marker = unique_marker()
+    response = send_raw(setup, task["token"], "GET", f"{raw_path}?tag={marker}")
+    assert response.status == 400, response.body
+    assert response.json()["error"] == "invalid_request"
+    assert "';'" in response.json()["message"]
+    assert recorded_with(setup.upstream, marker) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "q[]=forbidden",
+        "q[0]=forbidden",
+        "q%5B%5D=forbidden",
+        "q[x][y]=forbidden",
+        "Q=forbidden",
+        "Q[]=forbidden",
+    ],
+)
+def test_declared_query_name_variant_rejected(setup: Setup, query: str) -> None:
+    task = setup.gateway.start_task()
+    marker = unique_marker()
+    response = send_raw(setup, task["token"], "GET", f"/http/api/search?{query}&tag={marker}")
+    assert response.status == 400, response.body
+    assert response.json()["error"] == "invalid_request"
+    assert '"q"' in response.json()["message"]
+    assert recorded_with(setup.upstream, marker) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["q=forbidden%00", "q%00=", "q=ok&tag%00=1", "q=a%0Ab", "q=a%09b", "q=%7F"],
+)
+def test_query_control_character_rejected(setup: Setup, query: str) -> None:
+    task = setup.gateway.start_task()
+    marker = unique_marker()
+    response = send_raw(setup, task["token"], "GET", f"/http/api/search?{query}&tag={marker}")
+    assert response.status == 400, response.body
+    assert "control character" in response.json()["message"]
+    assert recorded_with(setup.upstream, marker) == []
+
+
+def test_undeclared_names_sharing_prefix_forwarded(setup: Setup) -> None:
+    # Only the declared name itself followed by `[` is a variant of it.
+    task = setup.gateway.start_task()
+    marker = unique_marker()
+    target = f"/http/api/search?qq=1&query=2&tag[]={marker}"
+    response = send_raw(setup, task["token"], "GET", target)
+    assert response.status == 200, response.body
+    [record] = recorded_with(setup.upstream, marker)
+    query = urllib.parse.parse_qsl(record["path"].partition("?")[2])
+    assert query == [("qq", "1"), ("query", "2"), ("tag[]", marker)]
+
+
 # ------------------------------------------------------ forwarded request
 
 
@@ -756,6 +835,21 @@ def test_body_over_cap_denied(setup: Setup, amount: Any) -> None:
     decision = decision_body(response)
     assert decision["decision"] == "deny"
     assert CAP_POLICY in decision["policy_ids"]
+    assert len(setup.upstream.requests()) == before
+
+
+def test_body_schema_mismatch_names_body_field(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    before = len(setup.upstream.requests())
+    response = send(
+        setup, task["token"], "POST", "api/payments", json={"amount": "lots", "to": "bob"}
+    )
+    assert response.status_code == 403, response.text
+    decision = decision_body(response)
+    assert decision["policy_ids"] == [ARGUMENTS_POLICY_ID]
+    assert decision["reason"].startswith('body field "amount" of route api must be ')
+    assert "the request sent" in decision["reason"]
+    assert "tool" not in decision["reason"]
     assert len(setup.upstream.requests()) == before
 
 
@@ -1003,6 +1097,159 @@ def test_private_destination_denied_without_allow_private(
     assert response.json()["error"] == "destination_denied"
     assert API_SECRET not in response.text
     assert len(setup.upstream.requests()) == before
+
+
+# ------------------------------------------------------------ pre-checks
+
+
+def precheck(setup: Setup, token: str, question: dict[str, Any]) -> dict[str, Any]:
+    """Send POST /v1/decisions and return the answer, which must be a 200."""
+    response = httpx.post(
+        f"{setup.gateway.base_url}/v1/decisions",
+        headers={"Authorization": f"Bearer {token}"},
+        json=question,
+        timeout=HTTP_TIMEOUT_SECONDS,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_precheck_allows_and_denies_as_policy(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    allowed = precheck(
+        setup, task["token"], {"route": "api", "path": "/search", "query": "q=ok"}
+    )
+    assert allowed["decision"] == "allow", allowed
+    denied = precheck(
+        setup, task["token"], {"route": "api", "path": "/search", "query": "q=forbidden"}
+    )
+    assert denied["decision"] == "deny", denied
+    assert denied["policy_ids"] == [QUERY_POLICY]
+
+
+def test_precheck_repeated_parameter_matches_request(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    answer = precheck(
+        setup,
+        task["token"],
+        {"route": "api", "path": "/search", "query": "q=ok&q=forbidden"},
+    )
+    real = send_raw(setup, task["token"], "GET", "/http/api/search?q=ok&q=forbidden")
+    assert real.status == 400, real.body
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [TARGET_POLICY_ID]
+    assert answer["reason"] == real.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/admin;x=1", None),
+        ("/admin%3bx=1", None),
+        ("/search", "q[]=forbidden"),
+        ("/search", "Q=forbidden"),
+        ("/search", "q=forbidden%00"),
+    ],
+)
+def test_precheck_rejected_target_matches_request(
+    setup: Setup, path: str, query: str | None
+) -> None:
+    task = setup.gateway.start_task()
+    question: dict[str, Any] = {"route": "api", "path": path}
+    target = f"/http/api{path}"
+    if query is not None:
+        question["query"] = query
+        target += f"?{query}"
+    answer = precheck(setup, task["token"], question)
+    real = send_raw(setup, task["token"], "GET", target)
+    assert real.status == 400, real.body
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [TARGET_POLICY_ID]
+    assert answer["reason"] == real.json()["message"]
+
+
+def test_precheck_method_outside_route_matches_request(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    answer = precheck(
+        setup, task["token"], {"route": "api", "method": "DELETE", "path": "/items"}
+    )
+    real = send(setup, task["token"], "DELETE", "api/items")
+    assert real.status_code == 405, real.text
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [METHOD_POLICY_ID]
+    assert answer["reason"] == real.json()["message"]
+
+
+@pytest.mark.parametrize("body", ["amount=5", [{"amount": 5}], 5, True])
+def test_precheck_non_object_body_matches_request(setup: Setup, body: Any) -> None:
+    task = setup.gateway.start_task()
+    before = len(setup.upstream.requests())
+    answer = precheck(
+        setup,
+        task["token"],
+        {"route": "api", "method": "POST", "path": "/payments", "body": body},
+    )
+    real = send(setup, task["token"], "POST", "api/payments", json=body)
+    assert real.status_code == 415, real.text
+    assert len(setup.upstream.requests()) == before
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [BODY_TYPE_POLICY_ID]
+    assert answer["reason"] == real.json()["message"]
+
+
+def test_precheck_body_field_mismatch_denied(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    answer = precheck(
+        setup,
+        task["token"],
+        {"route": "api", "method": "POST", "path": "/payments", "body": {"amount": "lots"}},
+    )
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [ARGUMENTS_POLICY_ID]
+    assert answer["reason"].startswith('body field "amount" of route api must be ')
+
+
+@pytest.mark.parametrize("spelling", ["loopback", "decimal", "hex", "mapped"])
+def test_precheck_private_address_matches_request(setup: Setup, spelling: str) -> None:
+    task = setup.gateway.start_task()
+    before = len(setup.upstream.requests())
+    answer = precheck(setup, task["token"], {"route": f"private_{spelling}", "path": "/items"})
+    real = send(setup, task["token"], "GET", f"private_{spelling}/items")
+    assert real.status_code == 403, real.text
+    assert real.json()["error"] == "destination_denied"
+    assert len(setup.upstream.requests()) == before
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [DESTINATION_POLICY_ID]
+    assert answer["reason"] == real.json()["message"]
+
+
+def test_precheck_metadata_address_denied(setup: Setup) -> None:
+    # The route allows private addresses, but never a metadata address.
+    task = setup.gateway.start_task()
+    answer = precheck(setup, task["token"], {"route": "metadata", "path": "/meta-data/"})
+    assert answer["decision"] == "deny", answer
+    assert answer["policy_ids"] == [DESTINATION_POLICY_ID]
+    assert "169.254.169.254 is a cloud metadata endpoint" in answer["reason"]
+
+
+def test_precheck_host_name_checked_when_connecting(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    answer = precheck(setup, task["token"], {"route": "private_localhost", "path": "/items"})
+    assert answer["decision"] == "allow", answer
+    assert "localhost" in answer["note"]
+    assert "when Warden connects" in answer["note"]
+    literal = precheck(setup, task["token"], {"route": "api", "path": "/items"})
+    assert literal["decision"] == "allow", literal
+    assert "note" not in literal
+
+
+def test_precheck_denial_recorded_in_trace(setup: Setup) -> None:
+    task = setup.gateway.start_task()
+    precheck(setup, task["token"], {"route": "private_loopback", "path": "/items"})
+    records = setup.gateway.trace(task["task_id"], "precheck.decision", 1)
+    [record] = records_of(records, "precheck.decision")
+    assert record["decision"] == "deny"
+    assert record["target"] == "route:private_loopback"
 
 
 # ------------------------------------------------------------- rotation

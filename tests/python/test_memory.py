@@ -663,3 +663,12 @@ def test_shadow_set_records_candidate(candidate_gateway: Gateway) -> None:
     assert candidate["policy_ids"] == [CANDIDATE_NO_FETCH]
     assert note_record["detail"]["shadow"]["candidate"]["decision"] == "allow"
     assert "would" not in fetch_record["detail"]["shadow"]
+
+
+def test_precheck_unknown_route_404(gateway: Gateway) -> None:
+    task = gateway.start_task(tools=[FETCH])
+    answer = precheck(gateway, task["token"], {"route": "nosuchroute", "path": "/items"})
+
+    assert answer.status_code == 404, answer.text
+    assert '"nosuchroute"' in answer.json()["message"]
+    assert "[http.NAME]" in answer.json()["message"]

@@ -15,6 +15,7 @@
 //! to the agent, never followed, so a credential never leaves its origin.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use url::Url;
+use url::{Host, Url};
 use warden_config::{Config, RouteConfig};
 use warden_core::Decision;
 use warden_identity::TaskClaims;
@@ -33,7 +34,7 @@ use warden_store::ApprovalStatus;
 use crate::audit;
 use crate::auth::{ApiError, authenticate_task, now_unix};
 use crate::credentials::Credential;
-use crate::outbound::{OutboundClient, OutboundError, OutboundRequest, Reach};
+use crate::outbound::{OutboundClient, OutboundError, OutboundRequest, Reach, denied_address};
 use crate::state::AppState;
 use crate::tracecontext::{self, TraceParent};
 
@@ -66,12 +67,26 @@ const DEFAULT_MAX_REDIRECTS: usize = 5;
 /// Time allowed for the agent's request body to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Policy id of a pre-check denial for a method the route does not allow.
+pub const METHOD_POLICY_ID: &str = "warden:method";
+/// Policy id of a pre-check denial for a path or query Warden does not
+/// forward.
+pub const TARGET_POLICY_ID: &str = "warden:invalid-target";
+/// Policy id of a pre-check denial for a body that the route's policies
+/// cannot read.
+pub const BODY_TYPE_POLICY_ID: &str = "warden:body-type";
+/// Policy id of a pre-check denial for a destination address the route may
+/// not reach.
+pub const DESTINATION_POLICY_ID: &str = "warden:destination";
+
 /// The configured routes.
 pub struct Routes {
     routes: BTreeMap<String, Route>,
 }
 
-struct Route {
+/// One configured route: its upstream, client, credential and the checks a
+/// request passes before its policy decision.
+pub struct Route {
     name: String,
     config: RouteConfig,
     base: Url,
@@ -141,10 +156,189 @@ impl Routes {
         self.routes.is_empty()
     }
 
-    /// Returns the upstream URL a request to `route` with `target` goes
-    /// to, or `None` for an unknown route.
-    pub fn url_of(&self, route: &str, target: &Target) -> Option<Url> {
-        self.routes.get(route).map(|route| target.url(&route.base))
+    /// Returns the route named `name`, or `None` for an unknown route.
+    pub fn get(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+}
+
+/// A request to a route rejected before its policy decision.
+///
+/// The request itself gets a response with `status`, `code` and `message`.
+/// A pre-check of the same request returns `deny` with `policy_id` and the
+/// same message.
+#[derive(Debug)]
+pub struct Rejection {
+    /// HTTP status of the response to the request.
+    pub status: StatusCode,
+    /// Machine-readable error code of that response.
+    pub code: &'static str,
+    /// Built-in policy id of a pre-check's denial.
+    pub policy_id: &'static str,
+    /// Description of the problem and of the fix.
+    pub message: String,
+}
+
+impl Rejection {
+    /// Builds the 400 for a path or query that [`Target::parse`] or
+    /// [`Route::check_query`] rejects.
+    pub fn invalid_target(message: String) -> Rejection {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            policy_id: TARGET_POLICY_ID,
+            message,
+        }
+    }
+
+    /// Removes secret shapes from the message, which may echo the
+    /// request's URL, before it is returned or recorded.
+    pub fn redact(mut self, state: &AppState) -> Rejection {
+        let (clean, _) = state.redact(Bytes::from(self.message.into_bytes()), &[]);
+        self.message = String::from_utf8_lossy(&clean).into_owned();
+        self
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl Route {
+    /// Returns the route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Returns the upstream URL that a request with `target` goes to.
+    pub fn url(&self, target: &Target) -> Url {
+        target.url(&self.base)
+    }
+
+    /// Rejects a method outside the route's `methods` with 405.
+    pub fn check_method(&self, method: &str) -> Result<(), Rejection> {
+        if self.methods.iter().any(|allowed| allowed == method) {
+            return Ok(());
+        }
+        Err(Rejection {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            policy_id: METHOD_POLICY_ID,
+            message: format!(
+                "route {} allows {}, not {method}",
+                self.name,
+                self.methods.join(", ")
+            ),
+        })
+    }
+
+    /// Rejects with 400 a query that could make the upstream read a
+    /// declared parameter other than the one the policies decided on.
+    ///
+    /// A declared name (`query_params`) may appear once. A name that
+    /// equals a declared name except in ASCII case (`Q` for `q`) is
+    /// rejected, because ASP.NET binds names case-insensitively. So is a
+    /// declared name followed by `[` (`q[]`, `q[0]`), because PHP, Rails
+    /// and Node's qs read it as that name.
+    pub fn check_query(&self, query: &[(String, String)]) -> Result<(), Rejection> {
+        for declared in &self.config.query_params {
+            if query.iter().filter(|(name, _)| name == declared).count() > 1 {
+                return Err(Rejection::invalid_target(format!(
+                    "query parameter {declared:?} appears more than once; send it once"
+                )));
+            }
+            for (name, _) in query {
+                if name != declared && name.eq_ignore_ascii_case(declared) {
+                    return Err(Rejection::invalid_target(format!(
+                        "query parameter {name:?} differs from the declared parameter \
+                         {declared:?} only in case, and some servers read it as {declared:?}; \
+                         send it as {declared:?}"
+                    )));
+                }
+                let bracketed = name
+                    .get(..declared.len())
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(declared))
+                    && name[declared.len()..].starts_with('[');
+                if bracketed {
+                    return Err(Rejection::invalid_target(format!(
+                        "query parameter {name:?} is the declared parameter {declared:?} \
+                         with a bracket suffix, which some servers read as {declared:?}; \
+                         send {declared:?} once, without brackets"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects with 415 a body that is not a JSON object on a route with a
+    /// `body_schema`, because its policies read the body and would let any
+    /// other body pass unseen.
+    pub fn check_body(&self, has_body: bool, parsed: &Value) -> Result<(), Rejection> {
+        if self.config.body_schema.is_none() || !has_body || parsed.is_object() {
+            return Ok(());
+        }
+        Err(Rejection {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            policy_id: BODY_TYPE_POLICY_ID,
+            message: format!(
+                "route {} takes a JSON object body (Content-Type: application/json), which its policies decide on",
+                self.name
+            ),
+        })
+    }
+
+    /// Checks the host of `url` as the outbound client does before it
+    /// connects, and rejects with 403 an IP-literal host outside the
+    /// route's reach.
+    ///
+    /// A host name passes with a note: its addresses are known only when
+    /// Warden resolves the name to connect, and are checked then.
+    pub fn check_destination(&self, url: &Url) -> Result<Option<String>, Rejection> {
+        let reach = self.client.reach();
+        let addr: IpAddr = match url.host() {
+            Some(Host::Ipv4(addr)) => addr.into(),
+            Some(Host::Ipv6(addr)) => addr.into(),
+            Some(Host::Domain(name)) => {
+                let refused = match reach {
+                    Reach::Public => "any address that is not public",
+                    Reach::Private => "a cloud metadata address",
+                };
+                return Ok(Some(format!(
+                    "the addresses of {name} are checked when Warden connects, \
+                     and {refused} is refused then"
+                )));
+            }
+            None => {
+                return Err(destination_denied(url, "the URL has no host".to_owned()));
+            }
+        };
+        match denied_address(addr, reach) {
+            None => Ok(None),
+            Some(reason) => Err(destination_denied(url, format!("{addr} is {reason}"))),
+        }
+    }
+}
+
+/// Builds the 403 that the outbound client returns for a denied
+/// destination, with the same message.
+fn destination_denied(url: &Url, reason: String) -> Rejection {
+    let error = OutboundError::Denied {
+        url: url.to_string(),
+        reason,
+    };
+    Rejection {
+        status: StatusCode::FORBIDDEN,
+        code: "destination_denied",
+        policy_id: DESTINATION_POLICY_ID,
+        message: error.to_string(),
     }
 }
 
@@ -165,8 +359,11 @@ impl Target {
     /// Percent-escapes are decoded once and the path is normalised (`.`,
     /// `..` and empty components resolved), so `/public/%2e%2e/admin` and
     /// `//admin` both become `/admin`. An escaped `/`, `\` or NUL, a
-    /// backslash, a control character or invalid UTF-8 is refused, since
-    /// servers disagree on what they mean.
+    /// backslash, a control character or invalid UTF-8 is rejected, since
+    /// servers disagree on what they mean. So is a `;`, raw or escaped,
+    /// because Tomcat, Jetty and Spring cut a segment at `;`: they read
+    /// `/admin;x=1` and `/public/..;/admin` as `/admin`. A query name or
+    /// value with a control character after decoding is rejected too.
     pub fn parse(raw_path: &str, raw_query: Option<&str>) -> Result<Target, String> {
         let mut decoded = String::with_capacity(raw_path.len() + 1);
         decoded.push('/');
@@ -188,17 +385,31 @@ impl Target {
                     "the path segment {segment:?} contains a backslash or a control character"
                 ));
             }
+            if text.contains(';') {
+                return Err(format!(
+                    "the path segment {segment:?} contains ';', which Java servers read as the \
+                     start of path parameters; remove it from the path"
+                ));
+            }
             decoded.push_str(&text);
         }
         let trailing_slash = raw_path.ends_with('/') && !decoded.trim_matches('/').is_empty();
         let path = warden_core::path::normalize(&decoded);
-        let query = raw_query
+        let query: Vec<(String, String)> = raw_query
             .map(|query| {
                 url::form_urlencoded::parse(query.as_bytes())
                     .map(|(key, value)| (key.into_owned(), value.into_owned()))
                     .collect()
             })
             .unwrap_or_default();
+        for (name, value) in &query {
+            if name.chars().chain(value.chars()).any(char::is_control) {
+                return Err(format!(
+                    "query parameter {name:?} contains a NUL or another control character \
+                     in its name or value; remove it"
+                ));
+            }
+        }
         Ok(Target {
             path,
             trailing_slash,
@@ -275,22 +486,8 @@ pub async fn proxy(
         ))
         .into_response();
     };
-    if !route
-        .methods
-        .iter()
-        .any(|allowed| allowed == method.as_str())
-    {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            axum::Json(json!({
-                "error": "method_not_allowed",
-                "message": format!(
-                    "route {route_name} allows {}, not {method}",
-                    route.methods.join(", ")
-                ),
-            })),
-        )
-            .into_response();
+    if let Err(rejection) = route.check_method(method.as_str()) {
+        return rejection.into_response();
     }
     // The raw path after `/http/{route}`, cut at the raw route segment so
     // that an escaped route name keeps its path.
@@ -301,17 +498,10 @@ pub async fn proxy(
         .unwrap_or_default();
     let target = match Target::parse(raw_path, uri.query()) {
         Ok(target) => target,
-        Err(message) => return ApiError::BadRequest(message).into_response(),
+        Err(message) => return Rejection::invalid_target(message).into_response(),
     };
-    // A declared parameter that appears twice would let the upstream act
-    // on a value the policy never saw.
-    for name in &route.config.query_params {
-        if target.query.iter().filter(|(key, _)| key == name).count() > 1 {
-            return ApiError::BadRequest(format!(
-                "query parameter {name:?} appears more than once; send it once"
-            ))
-            .into_response();
-        }
+    if let Err(rejection) = route.check_query(&target.query) {
+        return rejection.into_response();
     }
     let request = Request {
         state: &state,
@@ -372,20 +562,8 @@ impl Request<'_> {
         } else {
             Value::Null
         };
-        // Policies of a route with a body schema read the body; a body they
-        // cannot read would pass unseen.
-        if self.route.config.body_schema.is_some() && !bytes.is_empty() && !parsed.is_object() {
-            return (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                axum::Json(json!({
-                    "error": "unsupported_media_type",
-                    "message": format!(
-                        "route {} takes a JSON object body (Content-Type: application/json), which its policies decide on",
-                        self.route.name
-                    ),
-                })),
-            )
-                .into_response();
+        if let Err(rejection) = self.route.check_body(!bytes.is_empty(), &parsed) {
+            return rejection.into_response();
         }
         let url = target.url(&self.route.base);
         let destination_host = url.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -467,8 +645,29 @@ impl Request<'_> {
             Ok(()) => {}
             Err(response) => return response,
         }
+        // Checked after the decision, so that the trace keeps what the
+        // policies decided; the client checks every hop again.
+        if let Err(rejection) = self.route.check_destination(&url) {
+            let rejection = rejection.redact(self.state);
+            tracing::warn!(
+                task.id = %self.claims.task_id,
+                route = %self.route.name,
+                error = %rejection.message,
+                "HTTP request to a denied destination rejected"
+            );
+            self.record_result(
+                &span,
+                json!({ "outcome": "failure", "error": rejection.message, "duration_ms": 0.0 }),
+            );
+            return rejection.into_response();
+        }
 
-        crate::memory::record_call(self.state, self.claims, &self.route.config.classes, &[]).await;
+        if let Err(message) =
+            crate::memory::record_call(self.state, self.claims, &self.route.config.classes, &[])
+                .await
+        {
+            return ApiError::Unavailable(message).into_response();
+        }
         // Forward exactly the decided body: converted when typed, the
         // re-serialised parsed value for other JSON, the bytes otherwise.
         let forwarded_body = if decided_body.is_null() {
@@ -651,7 +850,15 @@ impl Request<'_> {
             }
         };
         let (body, redactions) = self.state.redact(body, &secrets);
-        crate::memory::record_labels(self.state, self.claims, &self.route.config.labels).await;
+        if let Err(message) =
+            crate::memory::record_labels(self.state, self.claims, &self.route.config.labels).await
+        {
+            return ApiError::Unavailable(format!(
+                "Warden withheld the response of route {}: {message}",
+                self.route.name
+            ))
+            .into_response();
+        }
         self.record_result(span, json!({
             "outcome": if status.is_success() || status.is_redirection() { "result" } else { "error" },
             "status": status.as_u16(),
@@ -796,6 +1003,30 @@ mod tests {
         ] {
             assert!(target(path).is_err(), "{path} accepted");
         }
+    }
+
+    #[test]
+    fn parse_rejects_semicolon_raw_or_escaped() {
+        for path in [
+            "/admin;x=1",
+            "/public/..;/admin",
+            "/admin%3bx=1",
+            "/admin%3Bx=1",
+            "/;",
+        ] {
+            let error = target(path).expect_err(path);
+            assert!(error.contains("';'"), "{path}: {error}");
+        }
+    }
+
+    #[test]
+    fn parse_rejects_control_characters_in_query() {
+        for query in ["q=forbidden%00", "q%00=", "q=a%0Ab", "q%09=1", "q=%7f"] {
+            let error = Target::parse("/search", Some(query)).expect_err(query);
+            assert!(error.contains("control character"), "{query}: {error}");
+        }
+        let target = Target::parse("/search", Some("q=a%20b")).expect("parses");
+        assert_eq!(target.query, vec![("q".into(), "a b".into())]);
     }
 
     #[test]

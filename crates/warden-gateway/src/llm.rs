@@ -460,7 +460,7 @@ impl Call<'_> {
         finished
             .record(Some(status.as_u16()), summary, error.as_deref())
             .await;
-        (status, headers, scrub(bytes, secret.as_deref())).into_response()
+        (status, headers, self.scrub_answer(bytes, secret.as_deref())).into_response()
     }
 
     /// Applies the configured model list and budgets, then the policies.
@@ -586,6 +586,24 @@ impl Call<'_> {
             headers.insert(HeaderName::from_static("traceparent"), value);
         }
         headers
+    }
+
+    /// Removes the provider's key from a whole answer: from the decoded
+    /// strings of a JSON body (a key written with `\\u` escapes included),
+    /// then from the bytes in any spelling, with common secret shapes.
+    fn scrub_answer(&self, bytes: Bytes, secret: Option<&str>) -> Bytes {
+        let secrets: Vec<String> = secret.map(str::to_owned).into_iter().collect();
+        let bytes = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut value) => {
+                if self.state.redact_json(&mut value, &secrets) > 0 {
+                    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+                } else {
+                    bytes
+                }
+            }
+            Err(_) => bytes,
+        };
+        self.state.redact(bytes, &secrets).0
     }
 
     fn refusal(&self, target: &str, outcome: &PolicyOutcome) -> Response {
@@ -757,11 +775,16 @@ fn stream_body(response: reqwest::Response, secret: Option<String>, finished: Fi
     let kind = finished.kind;
     let status = response.status().as_u16();
     tokio::spawn(async move {
+        let secrets: Vec<String> = secret.into_iter().collect();
         let mut reader = StreamReader::new(kind);
         let mut upstream = response.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
+        let mut assembled = AssembledText::new(&secrets);
         let mut error = None;
-        'read: while let Some(chunk) = upstream.next().await {
+        // After the agent leaves, the rest is still read (not sent) so the
+        // usage at the end of the stream counts against the budget.
+        let mut agent_gone = false;
+        while let Some(chunk) = upstream.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(failure) => {
@@ -777,19 +800,39 @@ fn stream_body(response: reqwest::Response, secret: Option<String>, finished: Fi
             };
             let lines: Vec<u8> = pending.drain(..complete).collect();
             for line in lines.split(|b| *b == b'\n') {
-                reader.line(line.strip_suffix(b"\r").unwrap_or(line));
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                reader.line(line);
+                assembled.line(line);
             }
-            let out = scrub(Bytes::from(lines), secret.as_deref());
+            if agent_gone {
+                continue;
+            }
+            // A key spread over several events is caught once the text
+            // assembled so far contains it; the stream ends before the
+            // event that completes it.
+            if assembled.leaked() {
+                error = Some(
+                    "the provider's answer spelled out its API key; Warden cut the stream"
+                        .to_owned(),
+                );
+                tracing::error!(task.id = %finished.claims.task_id, provider = %finished.provider_name, "model answer contained the provider key; stream cut");
+                agent_gone = true;
+                continue;
+            }
+            let (out, _) = finished.state.redact(Bytes::from(lines), &secrets);
             if sender.send(Ok(out)).await.is_err() {
                 error = Some("the agent closed the stream".to_owned());
-                break 'read;
+                agent_gone = true;
             }
         }
         if !pending.is_empty() {
             reader.line(&pending);
-            let out = scrub(Bytes::from(pending), secret.as_deref());
-            // The agent may be gone; the record is written either way.
-            sender.send(Ok(out)).await.ok();
+            assembled.line(&pending);
+            if !agent_gone && !assembled.leaked() {
+                let (out, _) = finished.state.redact(Bytes::from(pending), &secrets);
+                // The agent may be gone; the record is written either way.
+                sender.send(Ok(out)).await.ok();
+            }
         }
         drop(sender);
         let summary = reader.finish();
@@ -800,6 +843,75 @@ fn stream_body(response: reqwest::Response, secret: Option<String>, finished: Fi
             .await;
     });
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+/// The decoded text of a stream's events, kept as long as needed to find
+/// a secret spread over several of them.
+struct AssembledText {
+    secrets: Vec<String>,
+    tail: String,
+    keep: usize,
+    leaked: bool,
+}
+
+impl AssembledText {
+    fn new(secrets: &[String]) -> AssembledText {
+        let keep = secrets.iter().map(String::len).max().unwrap_or(0) * 2;
+        AssembledText {
+            secrets: secrets.to_vec(),
+            tail: String::new(),
+            keep,
+            leaked: false,
+        }
+    }
+
+    /// Adds the strings of one `data:` line's JSON, as a client decodes them.
+    fn line(&mut self, line: &[u8]) {
+        if self.secrets.is_empty() || self.leaked {
+            return;
+        }
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
+            return;
+        };
+        let mut strings = Vec::new();
+        collect_strings(&event, &mut strings);
+        for text in strings {
+            self.tail.push_str(text);
+            if self
+                .secrets
+                .iter()
+                .any(|secret| self.tail.contains(secret.as_str()))
+            {
+                self.leaked = true;
+                return;
+            }
+        }
+        if self.tail.len() > self.keep {
+            let mut cut = self.tail.len() - self.keep;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+        }
+    }
+
+    fn leaked(&self) -> bool {
+        self.leaked
+    }
+}
+
+fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(text) => out.push(text),
+        Value::Array(items) => items.iter().for_each(|item| collect_strings(item, out)),
+        Value::Object(members) => members
+            .values()
+            .for_each(|member| collect_strings(member, out)),
+        _ => {}
+    }
 }
 
 /// Reads a whole response body of at most `limit` bytes.
@@ -831,14 +943,6 @@ fn key_text(value: &Option<HeaderValue>) -> Option<String> {
     let text = value.as_ref()?.to_str().ok()?;
     let key = text.strip_prefix("Bearer ").unwrap_or(text);
     (key.len() >= 8).then(|| key.to_owned())
-}
-
-/// Replaces every occurrence of the provider's key in a body.
-fn scrub(bytes: Bytes, secret: Option<&str>) -> Bytes {
-    match secret {
-        Some(secret) => crate::credentials::scrub_values(bytes, &[secret.to_owned()]).0,
-        None => bytes,
-    }
 }
 
 fn usage_json(usage: &ModelUsage) -> Value {
@@ -892,19 +996,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrub_replaces_every_occurrence() {
-        let body = Bytes::from_static(b"key sk-secret-123 and sk-secret-123.");
-        assert_eq!(
-            scrub(body, Some("sk-secret-123")),
-            Bytes::from_static(b"key [redacted] and [redacted].")
-        );
+    fn assembled_text_finds_a_key_spread_over_events() {
+        let secrets = vec!["sk-secret-0123456789".to_owned()];
+        let mut assembled = AssembledText::new(&secrets);
+        for piece in ["sk-sec", "ret-01234", "56789"] {
+            assert!(!assembled.leaked());
+            let line = format!(
+                "data: {}",
+                json!({"choices": [{"delta": {"content": piece}}]})
+            );
+            assembled.line(line.as_bytes());
+        }
+        assert!(assembled.leaked());
     }
 
     #[test]
-    fn scrub_leaves_other_bodies_alone() {
-        let body = Bytes::from_static(b"nothing here");
-        assert_eq!(scrub(body.clone(), Some("sk-secret-123")), body);
-        assert_eq!(scrub(body.clone(), None), body);
+    fn assembled_text_reads_escaped_spellings() {
+        let secrets = vec!["sk-secret-0123456789".to_owned()];
+        let mut assembled = AssembledText::new(&secrets);
+        assembled.line(br#"data: {"content": "sk-secret-0123456789"}"#);
+        assert!(assembled.leaked());
     }
 
     #[test]

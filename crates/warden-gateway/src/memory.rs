@@ -24,6 +24,9 @@ use warden_policy::{Outcome, StepRequest, TaskMemory};
 
 use crate::state::AppState;
 
+/// Policy id of a step that shadow mode let through against the policies.
+pub const SHADOW_MODE_POLICY_ID: &str = "warden:shadow-mode";
+
 /// Policy id of a denial because the task's memory could not be read.
 pub const MEMORY_POLICY_ID: &str = "warden:store-unavailable";
 
@@ -57,36 +60,54 @@ pub async fn load(state: &AppState, claims: &TaskClaims) -> Result<TaskMemory, O
 }
 
 /// Counts one step let through: its classes and summed arguments.
-/// Failures are logged; the step's own record still shows it.
+///
+/// Fails when the store does not take the update; the caller then refuses
+/// the step, since a step missing from the memory would slip past the
+/// limits that later decisions read.
 pub async fn record_call(
     state: &AppState,
     claims: &TaskClaims,
     classes: &[String],
     sums: &[(String, i64)],
-) {
+) -> Result<(), String> {
     let deltas = TaskMemory::call_deltas(classes, sums);
-    add(state, claims, deltas).await;
+    add(state, claims, deltas).await
 }
 
-/// Adds the labels of an output the task received.
-pub async fn record_labels(state: &AppState, claims: &TaskClaims, labels: &[String]) {
+/// Adds the labels of an output the task received. Fails when the store
+/// does not take them; the caller then withholds the output.
+pub async fn record_labels(
+    state: &AppState,
+    claims: &TaskClaims,
+    labels: &[String],
+) -> Result<(), String> {
     if labels.is_empty() {
-        return;
+        return Ok(());
     }
-    add(state, claims, TaskMemory::label_deltas(labels)).await;
+    add(state, claims, TaskMemory::label_deltas(labels)).await
 }
 
-async fn add(state: &AppState, claims: &TaskClaims, deltas: Vec<(String, i64)>) {
+async fn add(
+    state: &AppState,
+    claims: &TaskClaims,
+    deltas: Vec<(String, i64)>,
+) -> Result<(), String> {
     if !in_use(state) {
-        return;
+        return Ok(());
     }
     let deltas: Vec<(&str, i64)> = deltas
         .iter()
         .map(|(name, value)| (name.as_str(), *value))
         .collect();
-    if let Err(error) = state.store.add_counters(claims.root_task(), &deltas).await {
-        tracing::error!(%error, task.id = %claims.task_id, "updating task memory failed");
-    }
+    state
+        .store
+        .add_counters(claims.root_task(), &deltas)
+        .await
+        .map(|_| ())
+        .map_err(|error| {
+            tracing::error!(%error, task.id = %claims.task_id, "updating task memory failed");
+            format!("the task's memory cannot be updated ({error}); retry shortly")
+        })
 }
 
 /// Returns the summed arguments of a call in 1/10,000 units.
@@ -146,6 +167,8 @@ pub fn decide(state: &AppState, request: &StepRequest<'_>) -> Decided {
             outcome.decision, outcome.reason
         );
         outcome.decision = Decision::Allow;
+        // The deciding ids are in `shadow.would`; the allow is the mode's.
+        outcome.policy_ids = vec![SHADOW_MODE_POLICY_ID.to_owned()];
     }
     Decided {
         outcome,

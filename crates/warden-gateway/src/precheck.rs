@@ -15,11 +15,11 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warden_core::Decision;
-use warden_policy::{Destination, Outcome, Step, StepRequest};
+use warden_policy::{Destination, Outcome, Step, StepRequest, TaskContext, TaskMemory};
 
 use crate::audit;
 use crate::auth::{ApiError, authenticate_task};
-use crate::http_routes::Target;
+use crate::http_routes::{Rejection, Target};
 use crate::mcp::task_context;
 use crate::state::AppState;
 
@@ -70,6 +70,7 @@ pub async fn decide(
         Err(denial) => return Ok(Json(answer(&denial))),
     };
     let task = task_context(&claims);
+    let mut note = None;
     let (target, decided) = match (&question.tool, &question.route) {
         (Some(tool), None) => {
             let arguments = question.arguments.clone().unwrap_or(Value::Null);
@@ -108,47 +109,8 @@ pub async fn decide(
             (tool.clone(), decided)
         }
         (None, Some(route)) => {
-            let method = question
-                .method
-                .clone()
-                .unwrap_or_else(|| "GET".to_owned())
-                .to_ascii_uppercase();
-            let target = Target::parse(
-                question.path.as_deref().unwrap_or("/"),
-                question.query.as_deref(),
-            )
-            .map_err(ApiError::BadRequest)?;
-            let Some(url) = state.routes.url_of(route, &target) else {
-                return Err(ApiError::NotFound(format!("no HTTP route named {route:?}")));
-            };
-            let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-            let body = question.body.clone().unwrap_or(Value::Null);
-            let decided = crate::memory::decide(
-                &state,
-                &StepRequest {
-                    task: &task,
-                    step: Step::HttpRequest {
-                        route,
-                        method: &method,
-                        path: &target.path,
-                        query: &target.query,
-                        body: &body,
-                        has_body: !body.is_null(),
-                        content_type: if body.is_null() {
-                            ""
-                        } else {
-                            "application/json"
-                        },
-                        destination: Destination {
-                            scheme: url.scheme(),
-                            host: &host,
-                            port: url.port_or_known_default().unwrap_or(0),
-                        },
-                        memory: &memory,
-                    },
-                },
-            )
-            .outcome;
+            let (decided, route_note) = decide_route(&state, &task, &memory, &question, route)?;
+            note = route_note;
             (format!("route:{route}"), decided)
         }
         _ => {
@@ -171,7 +133,85 @@ pub async fn decide(
             parent_span_id: None,
         },
     );
-    Ok(Json(answer(&decided)))
+    let mut body = answer(&decided);
+    if let Some(note) = note {
+        body["note"] = json!(note);
+    }
+    Ok(Json(body))
+}
+
+/// Decides an HTTP request to `route_name` as the request itself would be
+/// decided, and returns the outcome and a note on what is checked only when
+/// the request is sent.
+///
+/// The request's own checks come first and in the same order: method,
+/// path and query, body type, destination. A request they reject is
+/// denied with their built-in policy id and message.
+fn decide_route(
+    state: &AppState,
+    task: &TaskContext,
+    memory: &TaskMemory,
+    question: &Question,
+    route_name: &str,
+) -> Result<(Outcome, Option<String>), ApiError> {
+    let Some(route) = state.routes.get(route_name) else {
+        return Err(ApiError::NotFound(format!(
+            "no HTTP route named {route_name:?}; the routes are the [http.NAME] sections of Warden's config"
+        )));
+    };
+    let method = question
+        .method
+        .clone()
+        .unwrap_or_else(|| "GET".to_owned())
+        .to_ascii_uppercase();
+    let body = question.body.clone().unwrap_or(Value::Null);
+    let checked = route.check_method(&method).and_then(|()| {
+        let target = Target::parse(
+            question.path.as_deref().unwrap_or("/"),
+            question.query.as_deref(),
+        )
+        .map_err(Rejection::invalid_target)?;
+        route.check_query(&target.query)?;
+        route.check_body(!body.is_null(), &body)?;
+        let url = route.url(&target);
+        let note = route.check_destination(&url)?;
+        Ok((target, url, note))
+    });
+    let (target, url, note) = match checked {
+        Ok(checked) => checked,
+        Err(rejection) => {
+            let rejection = rejection.redact(state);
+            return Ok((built_in(rejection.policy_id, rejection.message), None));
+        }
+    };
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let decided = crate::memory::decide(
+        state,
+        &StepRequest {
+            task,
+            step: Step::HttpRequest {
+                route: route.name(),
+                method: &method,
+                path: &target.path,
+                query: &target.query,
+                body: &body,
+                has_body: !body.is_null(),
+                content_type: if body.is_null() {
+                    ""
+                } else {
+                    "application/json"
+                },
+                destination: Destination {
+                    scheme: url.scheme(),
+                    host: &host,
+                    port: url.port_or_known_default().unwrap_or(0),
+                },
+                memory,
+            },
+        },
+    )
+    .outcome;
+    Ok((decided, note))
 }
 
 fn built_in(policy: &str, reason: String) -> Outcome {

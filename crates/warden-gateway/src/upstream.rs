@@ -166,6 +166,9 @@ pub struct Upstream {
     /// The tool list of the latest listing, newer than the catalog when the
     /// server changed its tools.
     latest: RwLock<Option<Vec<Value>>>,
+    /// Why every tool of this server is blocked while its tool list cannot
+    /// be read; cleared by the next successful listing.
+    unverified: RwLock<Option<String>>,
     /// Credential Warden injects, if any.
     credential: Option<crate::credentials::Credential>,
     /// Resource update notifications the server sent outside any request.
@@ -242,6 +245,7 @@ impl Upstream {
             blocked: RwLock::default(),
             pin_blocked: RwLock::default(),
             latest: RwLock::default(),
+            unverified: RwLock::default(),
             credential,
             updates,
         })
@@ -352,17 +356,13 @@ impl Upstream {
                     "Warden cannot verify the tool definitions of upstream {} ({error}); retry shortly",
                     self.name
                 );
-                let blocked = self
-                    .catalog()
-                    .tools
-                    .iter()
-                    .filter_map(|tool| tool.get("name").and_then(Value::as_str))
-                    .map(|name| (name.to_owned(), reason.clone()))
-                    .collect();
-                *self.blocked.write().unwrap_or_else(|e| e.into_inner()) = blocked;
+                // Kept apart from the other blocks: accepting a pin must not
+                // unblock a server whose current tools nobody has seen.
+                *self.unverified.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
                 return;
             }
         };
+        *self.unverified.write().unwrap_or_else(|e| e.into_inner()) = None;
         let pinned = self.catalog();
         let mut blocked = BTreeMap::new();
         for tool in &listed {
@@ -381,11 +381,11 @@ impl Upstream {
                     continue;
                 }
                 Some(_) => format!(
-                    "the definition of {server}__{name} changed since Warden started; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name}`",
+                    "the definition of {server}__{name} changed since it was accepted; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name} --hash HASH`",
                     server = self.name
                 ),
                 None => format!(
-                    "{server}__{name} appeared after Warden started; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name}`",
+                    "{server}__{name} appeared after Warden started; review it with `warden tools diff {server}__{name}` and accept it with `warden tools accept {server}__{name} --hash HASH`",
                     server = self.name
                 ),
             };
@@ -455,6 +455,14 @@ impl Upstream {
     /// Returns why a tool is blocked, if it is.
     pub fn blocked_reason(&self, tool: &str) -> Option<String> {
         if let Some(reason) = self
+            .unverified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Some(reason.clone());
+        }
+        if let Some(reason) = self
             .pin_blocked
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -467,6 +475,29 @@ impl Upstream {
             .unwrap_or_else(|e| e.into_inner())
             .get(tool)
             .cloned()
+    }
+
+    /// Returns the names of the tools that are blocked, by their pin or by a
+    /// changed definition. Allocates nothing when no tool is blocked.
+    pub fn blocked_tools(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pin_blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in self
+            .blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
     }
 
     /// Returns the catalog taken at start.

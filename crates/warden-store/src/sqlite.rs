@@ -52,6 +52,12 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Number of read connections. Default 4.
     pub read_connections: usize,
+    /// Waits between the commit attempts of one audit batch; after the
+    /// last attempt fails the batch is dropped and counted. Default 20 ms,
+    /// 200 ms, 1 s, 2 s, 5 s, 10 s and 10 s: about half a minute in all,
+    /// so a lock held by a backup or another process loses no record,
+    /// while new records wait in the queue.
+    pub commit_retry_delays: Vec<Duration>,
     /// Receiver of committed audit records and stored checkpoints. It is
     /// called on the audit writer's thread, and by the caller of
     /// [`Store::insert_checkpoint`]. Default none.
@@ -66,6 +72,10 @@ impl Default for SqliteOptions {
             batch_window: Duration::from_millis(5),
             busy_timeout: Duration::from_secs(5),
             read_connections: 4,
+            commit_retry_delays: [20, 200, 1_000, 2_000, 5_000, 10_000, 10_000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
             observer: None,
         }
     }
@@ -79,6 +89,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("batch_window", &self.batch_window)
             .field("busy_timeout", &self.busy_timeout)
             .field("read_connections", &self.read_connections)
+            .field("commit_retry_delays", &self.commit_retry_delays)
             .field("observer", &self.observer.as_ref().map(|_| "AuditObserver"))
             .finish()
     }
@@ -137,6 +148,7 @@ impl SqliteStore {
         let settings = BatchSettings {
             max_records: options.batch_max_records.max(1),
             window: options.batch_window,
+            retry_delays: options.commit_retry_delays.clone(),
         };
         let audit = AuditQueue::start(
             audit_conn,

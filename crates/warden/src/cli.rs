@@ -238,19 +238,27 @@ pub enum ToolsCommand {
         json: bool,
     },
     /// Show the definition a blocked tool offers now against the accepted
-    /// one, line by line, with invisible characters escaped.
+    /// one, line by line, with invisible characters escaped, and the
+    /// pending definition's hash to pass to `accept --hash`.
     Diff {
         /// Qualified tool name, e.g. `files__read_file`.
         tool: String,
     },
     /// Accept the definition a blocked tool offers now; the gateway
-    /// unblocks the tool and reloads policies on the tool's next call.
+    /// unblocks the tool and reloads policies on the tool's next call or
+    /// `tools/list`.
     Accept {
         /// Qualified tool name, e.g. `files__read_file`.
         tool: String,
         /// Name recorded as the approver (default: $USER).
         #[arg(long)]
         by: Option<String>,
+        /// Hash printed by `warden tools diff` (at least its first 12 hex
+        /// digits). Accepts only the definition you reviewed: the command
+        /// fails with exit status 1 when the server has since offered
+        /// another one.
+        #[arg(long, value_name = "PREFIX")]
+        hash: Option<String>,
     },
 }
 
@@ -336,8 +344,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tools(ToolsCommand::Diff { tool }) => {
             runtime.block_on(crate::tools::diff(&config, &tool))
         }
-        Command::Tools(ToolsCommand::Accept { tool, by }) => {
-            runtime.block_on(crate::tools::accept(&config, &tool, by))
+        Command::Tools(ToolsCommand::Accept { tool, by, hash }) => {
+            runtime.block_on(crate::tools::accept(&config, &tool, by, hash.as_deref()))
         }
         Command::ExampleServer { .. } | Command::CheckConfig { .. } => Ok(ExitCode::SUCCESS),
     }

@@ -526,10 +526,12 @@ impl<'a> McpClient<'a> {
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            bail!(
-                "HTTP {status}: {}",
-                body["message"].as_str().unwrap_or("no message")
-            );
+            // The MCP endpoint answers with a JSON-RPC error body.
+            let message = body["error"]["message"]
+                .as_str()
+                .or_else(|| body["message"].as_str())
+                .unwrap_or("no message");
+            bail!("HTTP {status}: {message}");
         }
         Ok(response.json().await?)
     }

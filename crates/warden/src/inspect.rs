@@ -191,6 +191,25 @@ fn render_node(
     {
         line.push_str(&format!(" task {} scope {tools}", r.task_id));
     }
+    if let Some(shadow) = r.detail.get("shadow").filter(|s| s.is_object()) {
+        for (key, label) in [("would", "policies would"), ("candidate", "candidate set")] {
+            if let Some(other) = shadow.get(key) {
+                let decision = other
+                    .get("decision")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_uppercase();
+                let ids: Vec<&str> = other
+                    .get("policy_ids")
+                    .and_then(|ids| ids.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| id.as_str())
+                    .collect();
+                line.push_str(&format!(" ({label}: {decision} [{}])", ids.join(", ")));
+            }
+        }
+    }
     match r.detail.get("requested_by") {
         Some(link) if link.is_object() => {
             let id = link

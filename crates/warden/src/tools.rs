@@ -3,7 +3,8 @@
 //! Warden pins each upstream tool's definition when it first sees it. A
 //! definition that changes later, or that hides text, blocks the tool until
 //! an operator reviews the pending definition here and accepts it; the
-//! running gateway picks the acceptance up on the tool's next call.
+//! running gateway picks the acceptance up on the tool's next call or on
+//! the next `tools/list`.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use warden_config::Config;
 use warden_gateway::auth::format_time;
+use warden_gateway::pins::invisible_kind;
 use warden_policy::ToolDef;
 use warden_store::{PostgresOptions, PostgresStore, SqliteStore, Store, ToolPin};
 
@@ -82,6 +84,13 @@ pub async fn diff(config: &Effective, tool: &str) -> anyhow::Result<ExitCode> {
         .transpose()?
         .unwrap_or_default();
     let after = pretty(pending)?;
+    if let Some(hash) = &pin.pending_hash {
+        println!("# pending hash: {hash}");
+        println!(
+            "# accept exactly this definition with `warden tools accept {tool} --hash {}`",
+            short_hash(hash)
+        );
+    }
     println!("--- accepted");
     println!("+++ offered now");
     for line in line_diff(&before, &after) {
@@ -90,18 +99,39 @@ pub async fn diff(config: &Effective, tool: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `warden tools accept TOOL`.
+/// Hex digits of the pending hash that `tools diff` prints and that
+/// `tools accept --hash` requires at least.
+const HASH_PREFIX_LEN: usize = 12;
+
+/// `warden tools accept TOOL [--hash PREFIX]`.
+///
+/// With `expected`, accepts the pending definition only when its hash
+/// starts with that prefix, so the server cannot swap in another
+/// definition between `tools diff` and `tools accept`.
 pub async fn accept(
     config: &Effective,
     tool: &str,
     by: Option<String>,
+    expected: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    let expected = expected.map(normalize_prefix).transpose()?;
     let store = open_writable(&config.config).await?;
     let pin = find(store.as_ref(), tool).await?;
     let (Some(hash), Some(definition)) = (&pin.pending_hash, &pin.pending_definition) else {
-        println!("{tool} has no pending definition; nothing to accept");
-        return Ok(ExitCode::SUCCESS);
+        store.close().await?;
+        return Ok(nothing_pending(tool, &pin, expected.as_deref()));
     };
+    if let Some(prefix) = &expected
+        && !hash.starts_with(prefix.as_str())
+    {
+        eprintln!(
+            "the pending definition of {tool} has hash {}, which does not start with {prefix}: the server offered another definition since that review, or the prefix is mistyped. Review it again with `warden tools diff {tool}`",
+            short_hash(hash)
+        );
+        store.close().await?;
+        return Ok(ExitCode::FAILURE);
+    }
+
     let by = by
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "operator".to_owned());
@@ -119,11 +149,43 @@ pub async fn accept(
     };
     store.save_tool_pin(&accepted).await?;
     store.close().await?;
+
     println!(
-        "accepted the definition of {tool} ({}) for {by}; the gateway unblocks it on its next call",
-        &hash[..12.min(hash.len())]
+        "accepted the definition of {tool} ({}) for {by}; the gateway unblocks it on its next call or tools/list",
+        short_hash(hash)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reports a tool with no pending definition. Fails when `expected` is
+/// given and the accepted hash does not start with it.
+fn nothing_pending(tool: &str, pin: &ToolPin, expected: Option<&str>) -> ExitCode {
+    let accepted = pin.hash.as_deref();
+    if let Some(prefix) = expected
+        && !accepted.is_some_and(|hash| hash.starts_with(prefix))
+    {
+        eprintln!(
+            "{tool} has no pending definition, and its accepted hash does not start with {prefix}; `warden tools list` shows its status"
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{tool} has no pending definition; nothing to accept");
+    ExitCode::SUCCESS
+}
+
+/// Checks a `--hash` value and returns it in lower case.
+fn normalize_prefix(prefix: &str) -> anyhow::Result<String> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < HASH_PREFIX_LEN || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "invalid --hash {prefix:?}: pass at least the first {HASH_PREFIX_LEN} hex digits of the pending hash that `warden tools diff` prints"
+        );
+    }
+    Ok(prefix)
+}
+
+fn short_hash(hash: &str) -> &str {
+    hash.get(..HASH_PREFIX_LEN).unwrap_or(hash)
 }
 
 async fn find(store: &dyn Store, tool: &str) -> anyhow::Result<ToolPin> {
@@ -200,7 +262,7 @@ fn line_diff(before: &str, after: &str) -> Vec<String> {
     let show = |line: &str| {
         line.chars()
             .map(|c| {
-                if c.is_control() || (!c.is_ascii() && is_invisible(c)) {
+                if c.is_control() || invisible_kind(c).is_some() {
                     format!("\\u{{{:04X}}}", u32::from(c))
                 } else {
                     c.to_string()
@@ -215,21 +277,16 @@ fn line_diff(before: &str, after: &str) -> Vec<String> {
             out.push(format!(" {}", show(old[i])));
             i += 1;
             j += 1;
-        } else if j < new.len() && (i == old.len() || table[i][j + 1] >= table[i + 1][j]) {
-            out.push(format!("+{}", show(new[j])));
-            j += 1;
-        } else {
+        } else if i < old.len() && (j == new.len() || table[i + 1][j] >= table[i][j + 1]) {
+            // Removed lines come before the lines that replace them.
             out.push(format!("-{}", show(old[i])));
             i += 1;
+        } else {
+            out.push(format!("+{}", show(new[j])));
+            j += 1;
         }
     }
     out
-}
-
-fn is_invisible(c: char) -> bool {
-    matches!(u32::from(c),
-        0x200B..=0x200F | 0x2060..=0x2064 | 0xFEFF | 0x180E | 0x202A..=0x202E
-        | 0x2066..=0x2069 | 0x061C | 0xE0000..=0xE007F | 0xFE00..=0xFE0F | 0x00AD)
 }
 
 #[cfg(test)]
@@ -253,5 +310,43 @@ mod tests {
             lines.contains(&"   \"name\": \"t\",".to_owned()),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn line_diff_puts_removed_line_before_added() {
+        let before = "{\n  \"a\": 1,\n  \"b\": 2\n}";
+        let after = "{\n  \"a\": 3,\n  \"b\": 2\n}";
+        let lines = line_diff(before, after);
+        assert_eq!(
+            lines,
+            vec![" {", "-  \"a\": 1,", "+  \"a\": 3,", "   \"b\": 2", " }"],
+        );
+    }
+
+    #[test]
+    fn line_diff_escapes_blank_looking_characters() {
+        let lines = line_diff("", "\u{3164}\u{2800}x");
+        assert_eq!(lines, vec!["+\\u{3164}\\u{2800}x"]);
+    }
+
+    #[test]
+    fn normalize_prefix_requires_twelve_hex_digits() {
+        assert_eq!(
+            normalize_prefix(" 0123456789ABcdef ").expect("valid"),
+            "0123456789abcdef"
+        );
+        for invalid in ["", "0123456789a", "0123456789ag", "sha256:01234567"] {
+            let error = normalize_prefix(invalid).expect_err(invalid).to_string();
+            assert!(
+                error.contains("at least the first 12 hex digits"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_hash_keeps_twelve_digits() {
+        assert_eq!(short_hash("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_hash("abc"), "abc");
     }
 }

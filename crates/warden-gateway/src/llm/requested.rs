@@ -81,9 +81,9 @@ impl RequestedCalls {
     ///
     /// `names` are the names the model may have used for the tool (the
     /// qualified `server__tool` and, on `/mcp/{server}`, the bare tool).
-    /// With `tool_call_id`, only the request of that id and one of these
-    /// names matches; without it, the oldest request of one of these names
-    /// and the same argument hash matches.
+    /// With `tool_call_id`, only the request of that id, one of these names
+    /// and the same argument hash matches; without it, the oldest request
+    /// of one of these names and the same argument hash matches.
     pub fn take(
         &self,
         root_task: &str,
@@ -95,10 +95,14 @@ impl RequestedCalls {
         let queue = tasks.get_mut(root_task)?;
         let named = |call: &Requested| names.contains(&call.name.as_str());
         let (position, matched_by) = match tool_call_id {
+            // The id picks among identical requests; the call must still be
+            // the one the model asked for, so the arguments must match too.
             Some(id) => (
-                queue
-                    .iter()
-                    .position(|call| call.tool_call_id == id && named(call))?,
+                queue.iter().position(|call| {
+                    call.tool_call_id == id
+                        && named(call)
+                        && call.arguments_hash.as_deref() == Some(arguments_hash)
+                })?,
                 "id",
             ),
             None => (
@@ -146,16 +150,27 @@ mod tests {
     }
 
     #[test]
-    fn take_by_id_requires_the_same_tool() {
+    fn take_by_id_requires_the_same_tool_and_arguments() {
         let calls = RequestedCalls::default();
-        calls.add("t", vec![requested("call_1", "fs__read", None)]);
+        calls.add("t", vec![requested("call_1", "fs__read", Some("h"))]);
 
         assert_eq!(calls.take("t", Some("call_1"), &["fs__write"], "h"), None);
         assert_eq!(calls.take("t", Some("call_2"), &["fs__read"], "h"), None);
+        assert_eq!(
+            calls.take("t", Some("call_1"), &["fs__read"], "other"),
+            None
+        );
         let link = calls
             .take("t", Some("call_1"), &["read", "fs__read"], "h")
             .expect("matches");
         assert_eq!(link.matched_by, "id");
+    }
+
+    #[test]
+    fn take_by_id_never_links_unparsed_arguments() {
+        let calls = RequestedCalls::default();
+        calls.add("t", vec![requested("call_1", "fs__read", None)]);
+        assert_eq!(calls.take("t", Some("call_1"), &["fs__read"], "h"), None);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub async fn dispatch(context: &Context<'_>, method: &str, params: Option<&Value
         "initialize" => initialize(context, params),
         "server/discover" => Outcome::Result(discover(context)),
         "ping" => Outcome::Result(json!({})),
-        "tools/list" => tools_list(context).into(),
+        "tools/list" => tools_list(context).await.into(),
         "tools/call" => tools_call(context, params).await.into(),
         "resources/list" => gather(context, |c| &c.resources, "resources", None).into(),
         "resources/templates/list" => gather(
@@ -249,7 +249,16 @@ fn resolve(context: &Context<'_>, name: &str) -> Option<(Arc<Upstream>, String)>
     }
 }
 
-fn tools_list(context: &Context<'_>) -> Result<Value, RpcError> {
+async fn tools_list(context: &Context<'_>) -> Result<Value, RpcError> {
+    // Store what blocked tools offer now and unblock accepted ones, so an
+    // accepted tool is listed without first being called by name.
+    for upstream in reachable(context) {
+        // A tool that appeared since the last look is found here too.
+        upstream.check_tools().await;
+        if !upstream.blocked_tools().is_empty() {
+            crate::pins::sync(context.state, &upstream).await;
+        }
+    }
     let engine = context.state.engine();
     let task = task_context(context.claims);
     let mut tools = Vec::new();
@@ -532,7 +541,20 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
     let definition = state.engine().tool(&qualified).cloned();
     if let Some(definition) = &definition {
         let sums = crate::memory::sums_of(&definition.sum_arguments, &decided_arguments);
-        crate::memory::record_call(state, claims, &definition.effective_classes(), &sums).await;
+        if let Err(message) =
+            crate::memory::record_call(state, claims, &definition.effective_classes(), &sums).await
+        {
+            // An uncounted call would slip past the limits that later
+            // decisions read, so it does not run.
+            let outcome = PolicyOutcome {
+                decision: Decision::Deny,
+                policy_ids: vec![crate::memory::MEMORY_POLICY_ID.to_owned()],
+                reason: message,
+                errors: Vec::new(),
+                arguments: None,
+            };
+            return Ok(refusal(claims, &qualified, &outcome, None));
+        }
     }
     let mut forwarded = Map::new();
     forwarded.insert("name".into(), Value::String(tool));
@@ -583,10 +605,7 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
                 let mut secrets = credential.secrets;
                 secrets.extend(upstream.static_secrets());
                 let redactions = redact_result(state, &mut result, &secrets);
-                if let Some(definition) = &definition {
-                    crate::memory::record_labels(state, claims, &definition.effective_labels())
-                        .await;
-                }
+
                 json!({
                 "outcome": "result",
                 "is_error": result.get("isError").and_then(Value::as_bool).unwrap_or(false),
@@ -629,6 +648,19 @@ async fn tools_call(context: &Context<'_>, params: &Value) -> Result<Value, RpcE
             parent_span_id: Some(span),
         },
     );
+    // The output's labels join the task's memory before the agent sees
+    // it; output whose labels cannot be recorded is withheld, since a
+    // later send would then not know what the task has read.
+    if reply.is_ok()
+        && let Some(definition) = &definition
+        && let Err(message) =
+            crate::memory::record_labels(state, claims, &definition.effective_labels()).await
+    {
+        return Err(RpcError::new(
+            code::INTERNAL_ERROR,
+            format!("Warden withheld the result of {qualified}: {message}"),
+        ));
+    }
     reply
 }
 

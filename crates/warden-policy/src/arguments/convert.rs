@@ -89,6 +89,35 @@ impl ArgumentError {
             ),
         }
     }
+
+    /// Returns one sentence that names the body field, what the route's
+    /// `body_schema` expects and what to do.
+    pub(crate) fn body_message(&self, route: &str) -> String {
+        match self {
+            ArgumentError::Mismatch {
+                location,
+                expected,
+                found,
+            } => format!(
+                "body field \"{location}\" of route {route} must be {expected}, \
+                 but the request sent {found}"
+            ),
+            ArgumentError::Undeclared { location, declared } => {
+                let declared = if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                };
+                format!(
+                    "body field \"{location}\" is not declared in the body_schema of route {route}; \
+                     remove it (declared fields at this level: {declared})"
+                )
+            }
+            ArgumentError::Missing { location, expected } => format!(
+                "required body field \"{location}\" of route {route} is missing; send {expected}"
+            ),
+        }
+    }
 }
 
 /// Converts a call's arguments to the tool's argument record.

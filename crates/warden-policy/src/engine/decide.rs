@@ -282,6 +282,19 @@ impl PolicyEngine {
                 Some((name.clone(), units))
             })
             .collect();
+        // A negative amount would lower the running sum that caps rely on.
+        if let Some((name, _)) = added.iter().find(|(_, units)| *units < 0) {
+            let message = format!(
+                "argument \"{name}\" of tool {qualified} is summed per task and must not be negative"
+            );
+            return Outcome {
+                decision: Decision::Deny,
+                policy_ids: vec![ARGUMENTS_POLICY_ID.to_owned()],
+                reason: message.clone(),
+                errors: vec![message],
+                arguments: None,
+            };
+        }
         let memory_record = match self.memory_record(memory, &added) {
             Ok(record) => record,
             Err(error) => return request_failure(&description, error),
@@ -462,7 +475,7 @@ impl PolicyEngine {
                     forwarded = Some(converted.forwarded);
                 }
                 Err(error) => {
-                    let message = error.message(&format!("the body of route {route_name}"));
+                    let message = error.body_message(route_name);
                     return Outcome {
                         decision: Decision::Deny,
                         policy_ids: vec![ARGUMENTS_POLICY_ID.to_owned()],

@@ -1509,6 +1509,8 @@ when { context.memory.sums_with_call.amount.greaterThan(decimal("1000.0")) };
     assert_eq!(decide_with(900, "100"), Decision::Allow);
     assert_eq!(decide_with(900, "100.01"), Decision::Deny);
     assert_eq!(decide_with(0, "999.5"), Decision::Allow);
+    // A negative amount would lower the running sum, so it is refused.
+    assert_eq!(decide_with(0, "-1000"), Decision::Deny);
 }
 
 #[test]

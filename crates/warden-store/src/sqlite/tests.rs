@@ -764,6 +764,7 @@ async fn flush_reports_failed_batch() {
     let options = SqliteOptions {
         busy_timeout: Duration::from_millis(50),
         batch_window: Duration::from_millis(1),
+        commit_retry_delays: vec![Duration::from_millis(20), Duration::from_millis(200)],
         ..SqliteOptions::default()
     };
     let store = SqliteStore::open_with_options(&fixture.path, &options).expect("open store");
@@ -887,4 +888,35 @@ async fn tool_pins_round_trip_and_replace() {
     drop(store);
     let reopened = SqliteStore::open_read_only(&fixture.path).expect("reopen");
     assert_eq!(reopened.tool_pins().await.expect("load"), vec![pin]);
+}
+
+#[tokio::test]
+async fn audit_batch_survives_a_held_write_lock() {
+    let fixture = fixture();
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(50),
+        batch_window: Duration::from_millis(1),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with_options(&fixture.path, &options).expect("open store");
+    let blocker = Connection::open(&fixture.path).expect("open blocker");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take write lock");
+
+    for index in 0..3 {
+        store.append(record(TRACE_A, "task-1", index, None));
+    }
+    // Longer than the first retries, well within the default schedule.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    blocker.execute_batch("COMMIT").expect("release write lock");
+    store
+        .flush()
+        .await
+        .expect("the batch was committed after the lock");
+
+    assert_eq!(store.dropped_records(), 0);
+    let records = all_records(&store).await;
+    assert_eq!(records.len(), 3);
+    assert_eq!(verify_chain(&records, GENESIS_HASH), Ok(()));
 }

@@ -24,10 +24,6 @@ use super::sql;
 use crate::check::exceeds_depth;
 use crate::{AuditObserver, AuditRecord, NewAuditRecord, StoreError};
 
-/// Waits between commit attempts of one batch; after the last attempt
-/// fails the batch is dropped and counted.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
-
 /// Minimum time between two warnings about lost records.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -37,13 +33,16 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_DETAIL_DEPTH: usize = warden_core::json::MAX_DEPTH;
 
 /// Batch limits of the audit writer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct BatchSettings {
     /// Maximum records per transaction.
     pub(super) max_records: usize,
     /// Time the writer waits for more records after the first one of a
     /// batch arrives.
     pub(super) window: Duration,
+    /// Waits between commit attempts of one batch; after the last attempt
+    /// fails the batch is dropped and counted.
+    pub(super) retry_delays: Vec<Duration>,
 }
 
 /// The sending side of the audit queue and the handle of its writer thread.
@@ -365,7 +364,7 @@ impl Writer {
         }
     }
 
-    /// Commits `batch`, retrying after [`RETRY_DELAYS`]; drops and counts it
+    /// Commits `batch`, retrying after the configured delays; drops and counts it
     /// when every attempt fails. A committed batch is moved out of `batch`
     /// to the observer, when one is set.
     fn commit(&mut self, batch: &mut Vec<NewAuditRecord>) {
@@ -386,7 +385,7 @@ impl Writer {
                     let message = failure
                         .into_store_error(&self.store, "commit audit batch".into())
                         .to_string();
-                    if let Some(delay) = RETRY_DELAYS.get(attempt) {
+                    if let Some(delay) = self.settings.retry_delays.get(attempt) {
                         warn!(
                             store = %self.store,
                             error = %message,
