@@ -445,6 +445,19 @@ def test_wider_scope_rejected(gateway: Gateway, scope: str) -> None:
     assert "access_token" not in response.json()
 
 
+def test_wider_scope_recorded_in_trace(gateway: Gateway) -> None:
+    parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
+    actor = gateway.issue_svid(AGENT_B)
+    response = exchange(gateway, parent["token"], actor, scope="*")
+    assert response.status_code == 400, response.text
+
+    records = gateway.trace(parent["task_id"], "delegation.decision", 1)
+    [refused] = [r for r in records if r["kind"] == "delegation.decision"]
+    assert refused["decision"] == "deny"
+    assert refused["policy_ids"] == ["warden:delegation-scope"]
+    assert refused["target"] == AGENT_B
+
+
 def test_omitted_scope_inherits_parent(gateway: Gateway) -> None:
     parent = start_task_as(gateway, AGENT_A, tools=A_SCOPE)
     child = delegate(gateway, parent["token"], AGENT_B)

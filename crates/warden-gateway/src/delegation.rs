@@ -251,13 +251,26 @@ async fn exchange(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
                     ));
                 }
                 if !scope::covers(&parent.tools, pattern) {
-                    return Err(OAuthError::new(
-                        "invalid_scope",
-                        format!(
-                            "{pattern:?} is not within the delegating task's scope ({}); a delegated task gets a subset",
-                            parent.tools.join(" ")
-                        ),
-                    ));
+                    let reason = format!(
+                        "{pattern:?} is not within the delegating task's scope ({}); a delegated task gets a subset",
+                        parent.tools.join(" ")
+                    );
+                    // A try to widen the scope is a step of the task too.
+                    audit::record(
+                        state,
+                        &parent,
+                        audit::Step {
+                            kind: "delegation.decision",
+                            target: Some(&actor_id),
+                            decision: Some(warden_core::Decision::Deny),
+                            policy_ids: &["warden:delegation-scope".to_owned()],
+                            reason: Some(&reason),
+                            detail: serde_json::json!({ "requested_scope": requested }),
+                            span_id: None,
+                            parent_span_id: None,
+                        },
+                    );
+                    return Err(OAuthError::new("invalid_scope", reason));
                 }
             }
             requested

@@ -206,6 +206,7 @@ impl Gateway {
             None => read_admin_token_file(&config)?,
         };
         let leeway = config.identity.leeway_seconds as i64;
+        warn_missing_secrets(&config);
         let providers = crate::llm::Providers::new(&config)?;
         let routes = crate::http_routes::Routes::new(&config)?;
         let downstream_key = SigningKey::load_or_create(&downstream_key_path(&data_dir))
@@ -431,6 +432,42 @@ pub fn reload_policies(state: &AppState) -> Result<usize, warden_policy::PolicyL
     state.set_engine(engine);
     *state.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow;
     Ok(count)
+}
+
+/// Warns at start about secrets that cannot be read now. Secrets are read
+/// on use, so one set later still works; until then the calls that need it
+/// fail with 503.
+fn warn_missing_secrets(config: &Config) {
+    use crate::credentials::SecretSource;
+
+    let source = |env: &Option<String>, file: &Option<std::path::PathBuf>| match (env, file) {
+        (Some(name), _) => Some(SecretSource::Env(name.clone())),
+        (None, Some(path)) => Some(SecretSource::File(path.clone())),
+        (None, None) => None,
+    };
+    for (name, provider) in &config.llm {
+        if let Some(secret) = source(&provider.api_key_env, &provider.api_key_file)
+            && let Err(message) = secret.read()
+        {
+            tracing::warn!(provider = %name, "model provider key not available: {message}; calls to /llm/{name} fail until it is set");
+        }
+    }
+    let credentials =
+        config
+            .http
+            .iter()
+            .map(|(name, route)| (format!("http.{name}"), route.credential.as_ref()))
+            .chain(config.upstreams.iter().map(|(name, upstream)| {
+                (format!("upstreams.{name}"), upstream.credential.as_ref())
+            }));
+    for (key, credential) in credentials {
+        if let Some(credential) = credential
+            && let Some(secret) = source(&credential.secret_env, &credential.secret_file)
+            && let Err(message) = secret.read()
+        {
+            tracing::warn!(config.key = %key, "credential not available: {message}; requests that need it fail until it is set");
+        }
+    }
 }
 
 /// Loads the shadow policy set of `[policy] shadow_dir`, if configured.
