@@ -38,6 +38,16 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
+    /// Returns the source a config names: the variable when both are set
+    /// (the config check rejects that), the file otherwise, or `None`.
+    pub fn from_config(env: &Option<String>, file: &Option<PathBuf>) -> Option<SecretSource> {
+        match (env, file) {
+            (Some(name), _) => Some(SecretSource::Env(name.clone())),
+            (None, Some(path)) => Some(SecretSource::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// Reads the secret now; fails with a message that names the source,
     /// never the value.
     pub fn read(&self) -> Result<String, String> {
@@ -86,11 +96,7 @@ impl Credential {
     /// Builds a credential from its (already checked) config;
     /// `default_audience` is the upstream's origin.
     pub fn new(config: &CredentialConfig, default_audience: &str) -> anyhow::Result<Credential> {
-        let secret = match (&config.secret_env, &config.secret_file) {
-            (Some(name), _) => Some(SecretSource::Env(name.clone())),
-            (None, Some(path)) => Some(SecretSource::File(path.clone())),
-            (None, None) => None,
-        };
+        let secret = SecretSource::from_config(&config.secret_env, &config.secret_file);
         let header = config
             .header
             .as_deref()
@@ -203,41 +209,6 @@ impl Credential {
         headers.insert(name, value);
         Ok(Injected { headers, secrets })
     }
-}
-
-/// Secrets shorter than this are not searched for: too many ordinary
-/// strings would match.
-const MIN_SCRUBBED_LEN: usize = 8;
-/// What a removed secret value reads as.
-pub const REDACTED_VALUE: &[u8] = b"[redacted]";
-
-/// Replaces every occurrence of each secret in `body`; returns the result
-/// and the number of replacements.
-pub fn scrub_values(body: bytes::Bytes, secrets: &[String]) -> (bytes::Bytes, usize) {
-    let mut body = body;
-    let mut total = 0;
-    for secret in secrets {
-        let needle = secret.as_bytes();
-        if needle.len() < MIN_SCRUBBED_LEN
-            || !body.windows(needle.len()).any(|window| window == needle)
-        {
-            continue;
-        }
-        let mut out = Vec::with_capacity(body.len());
-        let mut rest: &[u8] = &body;
-        while let Some(position) = rest
-            .windows(needle.len())
-            .position(|window| window == needle)
-        {
-            out.extend_from_slice(&rest[..position]);
-            out.extend_from_slice(REDACTED_VALUE);
-            rest = &rest[position + needle.len()..];
-            total += 1;
-        }
-        out.extend_from_slice(rest);
-        body = bytes::Bytes::from(out);
-    }
-    (body, total)
 }
 
 /// Mints transaction tokens: short-lived JWTs that tell an upstream which
@@ -353,19 +324,6 @@ mod tests {
             .decode(segment)
             .expect("base64url");
         serde_json::from_slice(&bytes).expect("JSON payload")
-    }
-
-    #[test]
-    fn scrub_values_replaces_every_occurrence_of_each_secret() {
-        let body = bytes::Bytes::from_static(b"a sk-secret-1 b sk-secret-1 c other-secret-2");
-        let secrets = vec![
-            "sk-secret-1".to_owned(),
-            "other-secret-2".to_owned(),
-            "short".to_owned(),
-        ];
-        let (scrubbed, count) = scrub_values(body, &secrets);
-        assert_eq!(&scrubbed[..], b"a [redacted] b [redacted] c [redacted]");
-        assert_eq!(count, 3);
     }
 
     #[test]

@@ -717,7 +717,7 @@ impl Request<'_> {
             String::from_utf8_lossy(&clean).into_owned()
         });
         let limit = self.state.config.limits.max_upstream_message_bytes;
-        let body = match read_limited(outcome.response, limit).await {
+        let body = match crate::outbound::read_limited(outcome.response, limit).await {
             Ok(body) => body,
             Err(message) => {
                 self.record_result(
@@ -826,32 +826,6 @@ fn is_json_type(content_type: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json")
-}
-
-/// Reads a whole response body of at most `limit` bytes.
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
-    use futures_util::StreamExt;
-
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
-        return Err(format!(
-            "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
-        ));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| format!("the response broke: {error}"))?;
-        if body.len() + chunk.len() > limit {
-            return Err(format!(
-                "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(body))
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use warden_config::{Config, ModelProviderConfig, ProviderKind};
 use warden_core::Decision;
@@ -36,6 +35,7 @@ use wire::{ModelRequest, Summary, error_body};
 
 use crate::audit;
 use crate::auth::{ApiError, verify_task_token};
+use crate::credentials::SecretSource;
 use crate::state::AppState;
 use crate::tracecontext::{self, TraceParent};
 
@@ -127,31 +127,23 @@ impl Provider {
     /// Reads the API key now, so a rotated key file takes effect on the
     /// next call.
     fn api_key(&self) -> Result<HeaderValue, String> {
-        let (key, source) = match (&self.config.api_key_env, &self.config.api_key_file) {
-            (Some(variable), _) => (
-                std::env::var(variable).unwrap_or_default(),
-                format!("environment variable {variable}"),
-            ),
-            (None, Some(file)) => (
-                std::fs::read_to_string(file).unwrap_or_default(),
-                format!("file {}", file.display()),
-            ),
-            (None, None) => (String::new(), "configuration".to_owned()),
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(format!(
-                "the API key of provider {} is missing: {source} is unset, unreadable or empty",
-                self.name
-            ));
-        }
+        let key = SecretSource::from_config(&self.config.api_key_env, &self.config.api_key_file)
+            .ok_or_else(|| format!("provider {} has no API key source", self.name))?
+            .read()
+            .map_err(|message| {
+                format!(
+                    "the API key of provider {} is missing: {message}",
+                    self.name
+                )
+            })?;
+        let key = key.as_str();
         let value = match self.kind() {
             ProviderKind::Openai => HeaderValue::from_str(&format!("Bearer {key}")),
             ProviderKind::Anthropic => HeaderValue::from_str(key),
         };
         let mut value = value.map_err(|_| {
             format!(
-                "the API key of provider {} in {source} is not a valid header value",
+                "the API key of provider {} is not a valid header value",
                 self.name
             )
         })?;
@@ -413,7 +405,7 @@ impl Call<'_> {
                 let message = format!(
                     "provider {} did not answer: {}",
                     self.provider.name,
-                    describe(&error)
+                    crate::outbound::describe_error(&error)
                 );
                 tracing::warn!(task.id = %self.claims.task_id, "{message}");
                 self.state
@@ -445,7 +437,7 @@ impl Call<'_> {
         }
 
         let limit = self.state.config.limits.max_upstream_message_bytes;
-        let bytes = match read_limited(response, limit).await {
+        let bytes = match crate::outbound::read_limited(response, limit).await {
             Ok(bytes) => bytes,
             Err(message) => {
                 let message = format!("provider {}: {message}", self.provider.name);
@@ -769,30 +761,6 @@ fn ask_for_stream_usage(body: &mut Value, force: bool) {
     }
 }
 
-/// Reads a whole response body of at most `limit` bytes.
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
-        return Err(format!(
-            "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
-        ));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| format!("the response broke: {}", describe(&error)))?;
-        if body.len() + chunk.len() > limit {
-            return Err(format!(
-                "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(body))
-}
-
 /// Returns the bare key text of an injected header value.
 fn key_text(value: &Option<HeaderValue>) -> Option<String> {
     let text = value.as_ref()?.to_str().ok()?;
@@ -807,26 +775,6 @@ fn usage_json(usage: &ModelUsage) -> Value {
         "output_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens(),
     })
-}
-
-/// Describes a client error without its URL, which holds no secret but
-/// repeats what the message already says.
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn error_response(

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 use url::{Host, Url};
@@ -394,4 +395,49 @@ fn send_error(url: &Url, error: &reqwest::Error) -> OutboundError {
         "outbound request to {url} {what}: {}",
         causes.join(": ")
     ))
+}
+
+/// Reads a whole response body of at most `limit` bytes.
+pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(format!(
+            "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
+        ));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|error| format!("the response broke: {}", describe_error(&error)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!(
+                "the response is larger than limits.max_upstream_message_bytes ({limit} bytes)"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// Describes a client error without its URL, which holds no secret but
+/// repeats what the message already says.
+pub fn describe_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -440,13 +440,9 @@ pub fn reload_policies(state: &AppState) -> Result<usize, warden_policy::PolicyL
 fn warn_missing_secrets(config: &Config) {
     use crate::credentials::SecretSource;
 
-    let source = |env: &Option<String>, file: &Option<std::path::PathBuf>| match (env, file) {
-        (Some(name), _) => Some(SecretSource::Env(name.clone())),
-        (None, Some(path)) => Some(SecretSource::File(path.clone())),
-        (None, None) => None,
-    };
     for (name, provider) in &config.llm {
-        if let Some(secret) = source(&provider.api_key_env, &provider.api_key_file)
+        if let Some(secret) =
+            SecretSource::from_config(&provider.api_key_env, &provider.api_key_file)
             && let Err(message) = secret.read()
         {
             tracing::warn!(provider = %name, "model provider key not available: {message}; calls to /llm/{name} fail until it is set");
@@ -462,7 +458,8 @@ fn warn_missing_secrets(config: &Config) {
             }));
     for (key, credential) in credentials {
         if let Some(credential) = credential
-            && let Some(secret) = source(&credential.secret_env, &credential.secret_file)
+            && let Some(secret) =
+                SecretSource::from_config(&credential.secret_env, &credential.secret_file)
             && let Err(message) = secret.read()
         {
             tracing::warn!(config.key = %key, "credential not available: {message}; requests that need it fail until it is set");

@@ -21,6 +21,7 @@
 mod chain;
 mod check;
 mod error;
+mod lost;
 mod postgres;
 mod sqlite;
 

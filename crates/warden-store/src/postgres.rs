@@ -41,8 +41,9 @@ use tracing::info;
 use self::approval::ApprovalDecision;
 use self::schema::SchemaState;
 use self::sql::{CheckpointInsert, DbError, TaskInsert};
-use self::writer::{AuditWriter, BatchSettings, LostRecords};
+use self::writer::{AuditWriter, BatchSettings};
 use crate::check::check_new_approval;
+use crate::lost::LostRecords;
 use crate::{
     ApprovalRecord, ApprovalStatus, AuditObserver, AuditRecord, Checkpoint, NewAuditRecord, Store,
     StoreError, StoreEvent, TaskRecord, TraceSummary,

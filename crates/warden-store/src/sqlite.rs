@@ -27,8 +27,9 @@ use tracing::info;
 use self::sql::{
     ApprovalDecision, ApprovalInsert, CheckpointInsert, DbError, SchemaState, TaskInsert,
 };
-use self::writer::{AuditQueue, BatchSettings, LostRecords};
+use self::writer::{AuditQueue, BatchSettings};
 use crate::check::check_new_approval;
+use crate::lost::LostRecords;
 use crate::{
     ApprovalRecord, ApprovalStatus, AuditObserver, AuditRecord, Checkpoint, NewAuditRecord, Store,
     StoreError, TaskRecord, TraceSummary,

@@ -7,7 +7,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::wire::StreamReader;
-use super::{Finished, MAX_LINE_BYTES, describe};
+use super::{Finished, MAX_LINE_BYTES};
+use crate::outbound::describe_error;
 
 /// Streams the provider's events to the agent line by line, removing the
 /// provider's key from each line, and records the call when the stream
@@ -34,7 +35,7 @@ pub(super) fn stream_body(
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(failure) => {
-                    error = Some(format!("the stream broke: {}", describe(&failure)));
+                    error = Some(format!("the stream broke: {}", describe_error(&failure)));
                     break;
                 }
             };

@@ -15,7 +15,6 @@
 //! Flushes fail at once during such an outage.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,7 @@ use warden_core::Decision;
 
 use super::sql::{self, AUDIT_COLUMNS, DbError};
 use crate::check::exceeds_depth;
+use crate::lost::LostRecords;
 use crate::{AuditObserver, AuditRecord, GENESIS_HASH, NewAuditRecord, StoreError, record_hash};
 
 /// First wait before retrying a batch that failed; it doubles up to
@@ -46,9 +46,6 @@ const STATEMENT_ATTEMPTS: u32 = 3;
 /// Time a stopping writer keeps retrying an unreachable database before
 /// it drops what is left.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Minimum time between two warnings about lost records.
-const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Age, in seconds, after which ids of committed batches are deleted; a
 /// retry of a batch comes long before.
@@ -269,45 +266,6 @@ fn replace_nul(record: &mut NewAuditRecord) {
         clean(text);
     }
     record.policy_ids.iter_mut().for_each(clean);
-}
-
-/// Count of audit records that never reached the database, with a
-/// rate-limited warning.
-pub(super) struct LostRecords {
-    total: AtomicU64,
-    last_warning: Mutex<Option<Instant>>,
-}
-
-impl LostRecords {
-    /// Creates a zero count.
-    pub(super) fn new() -> LostRecords {
-        LostRecords {
-            total: AtomicU64::new(0),
-            last_warning: Mutex::new(None),
-        }
-    }
-
-    /// Returns the number of records lost so far.
-    pub(super) fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Counts `records` lost records and warns unless a warning was logged
-    /// in the last [`WARNING_INTERVAL`].
-    pub(super) fn add(&self, records: u64, store: &str, reason: &'static str) {
-        let total = self
-            .total
-            .fetch_add(records, Ordering::Relaxed)
-            .saturating_add(records);
-        let mut last = self
-            .last_warning
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL) {
-            *last = Some(Instant::now());
-            warn!(store = %store, audit.lost_total = total, reason, "audit records lost");
-        }
-    }
 }
 
 enum Message {

@@ -10,7 +10,6 @@
 //! [`AuditObserver`] when one is set.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -22,10 +21,8 @@ use tracing::{debug, error, info, warn};
 
 use super::sql;
 use crate::check::exceeds_depth;
+use crate::lost::LostRecords;
 use crate::{AuditObserver, AuditRecord, NewAuditRecord, StoreError};
-
-/// Minimum time between two warnings about lost records.
-const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Maximum nesting of arrays and objects in a record's `detail`. SQLite
 /// stores any depth, but serde_json refuses to parse more than 128 levels,
@@ -199,58 +196,6 @@ impl Drop for AuditQueue {
         }
         if thread.join().is_err() {
             error!(store = %self.store, "audit writer thread panicked");
-        }
-    }
-}
-
-/// Count of audit records that never reached the database, with a
-/// rate-limited warning.
-pub(super) struct LostRecords {
-    total: AtomicU64,
-    /// Milliseconds since `clock` at the last warning; `u64::MAX` before
-    /// the first.
-    last_warning_ms: AtomicU64,
-    clock: Instant,
-}
-
-impl LostRecords {
-    /// Creates a zero count.
-    pub(super) fn new() -> LostRecords {
-        LostRecords {
-            total: AtomicU64::new(0),
-            last_warning_ms: AtomicU64::new(u64::MAX),
-            clock: Instant::now(),
-        }
-    }
-
-    /// Returns the number of records lost so far.
-    pub(super) fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Counts `records` lost records and warns unless a warning was logged
-    /// in the last [`WARNING_INTERVAL`].
-    pub(super) fn add(&self, records: u64, store: &str, reason: &'static str) {
-        let total = self
-            .total
-            .fetch_add(records, Ordering::Relaxed)
-            .saturating_add(records);
-        let now_ms = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        let last_ms = self.last_warning_ms.load(Ordering::Relaxed);
-        let interval_ms = u64::try_from(WARNING_INTERVAL.as_millis()).unwrap_or(u64::MAX);
-        let due = last_ms == u64::MAX || now_ms.saturating_sub(last_ms) >= interval_ms;
-        if due
-            && self
-                .last_warning_ms
-                .compare_exchange(last_ms, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(
-                store = %store,
-                audit.lost_total = total,
-                reason,
-                "audit records lost"
-            );
         }
     }
 }
