@@ -681,7 +681,7 @@ pub struct ExportConfig {
     /// Maximum spans per OTLP request.
     #[serde(default = "default_export_batch")]
     pub batch_max_spans: usize,
-    /// Longest time a span waits before its batch is sent, in milliseconds.
+    /// Maximum time a span waits before its batch is sent, in milliseconds.
     #[serde(default = "default_export_interval")]
     pub batch_interval_ms: u64,
     /// Timeout of one OTLP request, in seconds.

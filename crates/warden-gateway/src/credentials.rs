@@ -28,7 +28,7 @@ const MAX_CACHED_TOKENS: usize = 10_000;
 /// A cached token is reused only while it has this many seconds left.
 const MIN_REMAINING_SECONDS: i64 = 30;
 
-/// Where a secret is read from.
+/// The source a secret is read from.
 #[derive(Clone, Debug)]
 pub enum SecretSource {
     /// An environment variable of Warden's process.
@@ -83,7 +83,7 @@ pub struct Credential {
     ttl_seconds: u64,
 }
 
-/// What a credential adds to one request.
+/// The headers a credential adds to one request.
 pub struct Injected {
     /// Headers to send only to the upstream's own origin.
     pub headers: HeaderMap,
@@ -369,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn secret_source_reads_files_fresh_and_names_missing_sources() {
+    fn secret_source_reads_fresh_values() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("secret");
         std::fs::write(&path, "first\n").expect("write");

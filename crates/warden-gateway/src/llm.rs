@@ -4,7 +4,7 @@
 //! token as the API key. Warden authenticates the task, decides the call
 //! (configured model list, per-task budgets, then the `call_model`
 //! policies), injects the provider's key, which the agent never holds, and
-//! streams the answer back. Each call is two records in the task's trace: a
+//! streams the response back. Each call is two records in the task's trace: a
 //! `model.decision`, and for an allowed call a `model.result` with the
 //! OpenTelemetry GenAI attributes and the tool calls the model asked for.
 //! Those tool calls are remembered, so that a later `tools/call` is linked
@@ -582,7 +582,7 @@ impl Call<'_> {
         headers
     }
 
-    /// Removes the provider's key from a whole answer: from the decoded
+    /// Removes the provider's key from a whole response: from the decoded
     /// strings of a JSON body (a key written with `\\u` escapes included),
     /// then from the bytes in any spelling, with common secret shapes.
     fn scrub_answer(&self, bytes: Bytes, secret: Option<&str>) -> Bytes {

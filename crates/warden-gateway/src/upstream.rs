@@ -166,8 +166,8 @@ pub struct Upstream {
     /// The tool list of the latest listing, newer than the catalog when the
     /// server changed its tools.
     latest: RwLock<Option<Vec<Value>>>,
-    /// Why every tool of this server is blocked while its tool list cannot
-    /// be read; cleared by the next successful listing.
+    /// Reason every tool of this server is blocked while its tool list
+    /// cannot be read. The next successful listing clears it.
     unverified: RwLock<Option<String>>,
     /// Credential Warden injects, if any.
     credential: Option<crate::credentials::Credential>,

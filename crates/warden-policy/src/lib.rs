@@ -37,7 +37,7 @@ pub const UNKNOWN_TOOL_POLICY_ID: &str = "warden:unknown-tool";
 /// Policy id of a denial because the Cedar request could not be built.
 pub const REQUEST_POLICY_ID: &str = "warden:request";
 
-/// Classes that every generated schema knows, so that policies can name
+/// Classes that every generated schema contains, so that policies can name
 /// them in `context.memory.class_calls` whatever the tool catalogue.
 pub const STANDARD_CLASSES: [&str; 7] = [
     "read",
@@ -374,7 +374,7 @@ pub enum Step<'a> {
         /// True when a model response of this task asked for this exact
         /// call (`context.model_requested`).
         model_requested: bool,
-        /// What the task tree has done so far (`context.memory`).
+        /// The task tree's memory so far (`context.memory`).
         memory: &'a TaskMemory,
     },
     /// Calling a model API through `/llm/{provider}/...`. The resource is
@@ -439,9 +439,9 @@ pub enum Step<'a> {
         has_body: bool,
         /// The request's `Content-Type`, or empty.
         content_type: &'a str,
-        /// Where the request goes.
+        /// The request's destination.
         destination: Destination<'a>,
-        /// What the task tree has done so far (`context.memory`).
+        /// The task tree's memory so far (`context.memory`).
         memory: &'a TaskMemory,
     },
     /// Delegating part of the task to another agent by token exchange.

@@ -245,13 +245,13 @@ pub struct ToolPin {
     pub definition: Option<serde_json::Value>,
     /// When the definition was accepted, in unix seconds.
     pub accepted_at: Option<i64>,
-    /// Who accepted it (`first use` for a definition pinned on first sight).
+    /// Name of the approver (`first use` for a definition pinned on first sight).
     pub accepted_by: Option<String>,
     /// SHA-256 of the definition waiting for review.
     pub pending_hash: Option<String>,
     /// The definition waiting for review.
     pub pending_definition: Option<serde_json::Value>,
-    /// Why the pending definition is blocked.
+    /// Reason the pending definition is blocked.
     pub pending_reason: Option<String>,
     /// When Warden last compared the tool with its pin, in unix seconds.
     pub seen_at: i64,

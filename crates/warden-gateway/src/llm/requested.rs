@@ -30,7 +30,7 @@ pub struct Requested {
     pub span_id: String,
 }
 
-/// How a tool call was linked to a model request.
+/// The link from a tool call to the model request that asked for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Link {
     /// Span id of the model call's result.

@@ -21,7 +21,7 @@ const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// One scripted step: the thought and the tool call it leads to.
 pub struct Step {
-    /// What the model says it is thinking.
+    /// The thought the model states before its tool call.
     pub thought: &'static str,
     /// Qualified tool name.
     pub tool: &'static str,
@@ -48,7 +48,7 @@ pub async fn start(key: String, steps: Vec<Step>) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-/// Answers one request and closes the connection.
+/// Serves one request and closes the connection.
 async fn serve(stream: TcpStream, key: &str, steps: &[Step]) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut length = 0usize;
@@ -97,7 +97,7 @@ async fn serve(stream: TcpStream, key: &str, steps: &[Step]) -> std::io::Result<
     stream.shutdown().await
 }
 
-/// Builds the next answer of the script for this conversation.
+/// Builds the next response of the script for this conversation.
 fn answer(request: &Value, steps: &[Step]) -> Value {
     let messages = request["messages"]
         .as_array()
